@@ -1,0 +1,245 @@
+"""MNIST for VAEs: loading from TFDS or local files, and binarized batches.
+
+Two datasets:
+  * `mnist`: grey-level digits, dynamically binarized: every pixel is a
+    Bernoulli draw with probability intensity / 255, redrawn every epoch.
+    Digits stay white on black (the blog's notebook inverted them).
+  * `binarized_mnist`: the static binarization of Larochelle & Murray (2011),
+    50k train / 10k validation / 10k test.
+
+Two sources for each: TFDS (the default), or a local directory with the
+standard files (`*-idx3-ubyte[.gz]`, `binarized_mnist_*.amat[.gz]`), either
+in the directory itself or in a sub-directory named after the dataset.
+
+Images are held in memory as uint8 intensities `[N, 28, 28, 1]` (a
+statically binarized pixel is 0 or 255), so one binarization rule, `u < p`,
+serves both datasets. Every random draw is stateless and keyed on
+(seed, epoch, step): an epoch can be replayed from any step, so a resumed run
+sees exactly the batches an uninterrupted one would.
+"""
+
+import gzip
+import os
+import struct
+from typing import Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+__all__ = [
+    'DATASETS',
+    'DataError',
+    'binarize',
+    'epoch_batches',
+    'eval_batches',
+    'load_images',
+    'read_amat',
+    'read_idx_images',
+    'steps_per_epoch',
+]
+
+# dataset -> split -> local file name (without .gz).
+_LOCAL_FILES = {
+    'mnist': {
+        'train': 'train-images-idx3-ubyte',
+        'test': 't10k-images-idx3-ubyte',
+    },
+    'binarized_mnist': {
+        'train': 'binarized_mnist_train.amat',
+        'validation': 'binarized_mnist_valid.amat',
+        'test': 'binarized_mnist_test.amat',
+    },
+}
+DATASETS = tuple(_LOCAL_FILES)
+_IMAGE_SHAPE = (28, 28)
+_IDX_IMAGES_MAGIC = 0x00000803
+_AMAT_PIXELS = _IMAGE_SHAPE[0] * _IMAGE_SHAPE[1]
+# Test images are binarized once with this seed, whatever the run's seed, so
+# that evaluations of different runs compare.
+EVAL_BINARIZATION_SEED = (2019, 0)
+
+
+class DataError(ValueError):
+  """A data file is missing, truncated or malformed. The message is one line
+  naming the file and what is wrong."""
+
+
+def load_images(dataset: str, split: str,
+                data_dir: Optional[str] = None) -> np.ndarray:
+  """Returns uint8 intensities `[N, 28, 28, 1]` of one split.
+
+  Args:
+    dataset: one of `DATASETS`.
+    split: `'train'`, `'test'`, and for `binarized_mnist` `'validation'`.
+    data_dir: a local directory with the standard files; `None` loads
+      through TFDS (which downloads on first use).
+
+  Raises:
+    ValueError: unknown dataset or split.
+    DataError: a local file is missing or malformed.
+  """
+  if dataset not in _LOCAL_FILES:
+    raise ValueError(f'Unknown dataset {dataset!r}; choose from {DATASETS}.')
+  if split not in _LOCAL_FILES[dataset]:
+    raise ValueError(f'Unknown split {split!r} of {dataset}; choose from '
+                     f'{tuple(_LOCAL_FILES[dataset])}.')
+  if data_dir is None:
+    images = _load_tfds(dataset, split)
+  else:
+    path = _find_local_file(data_dir, dataset, _LOCAL_FILES[dataset][split])
+    if dataset == 'mnist':
+      images = read_idx_images(path)
+    else:
+      images = read_amat(path) * np.uint8(255)
+  return images[..., np.newaxis]
+
+
+def _load_tfds(dataset: str, split: str) -> np.ndarray:
+  import tensorflow_datasets as tfds  # Heavy; only this source needs it.
+  images = tfds.as_numpy(
+      tfds.load(dataset, split=split, batch_size=-1))['image']
+  images = np.asarray(images, dtype=np.uint8).reshape((-1,) + _IMAGE_SHAPE)
+  if dataset == 'binarized_mnist':
+    images = np.minimum(images, 1) * np.uint8(255)
+  return images
+
+
+def _find_local_file(data_dir: str, dataset: str, name: str) -> str:
+  candidates = [os.path.join(directory, name + suffix)
+                for directory in (data_dir, os.path.join(data_dir, dataset))
+                for suffix in ('.gz', '')]
+  for path in candidates:
+    if os.path.isfile(path):
+      return path
+  raise DataError(f'{os.path.join(data_dir, name)}[.gz]: file not found '
+                  f'(also looked in {os.path.join(data_dir, dataset)}).')
+
+
+def _read_bytes(path: str) -> bytes:
+  try:
+    with open(path, 'rb') as f:
+      raw = f.read()
+    return gzip.decompress(raw) if path.endswith('.gz') else raw
+  except (OSError, EOFError, gzip.BadGzipFile) as e:
+    raise DataError(f'{path}: cannot read: {e}.') from e
+
+
+def read_idx_images(path: str) -> np.ndarray:
+  """Reads an IDX3 image file (MNIST format) into uint8 `[N, 28, 28]`."""
+  data = _read_bytes(path)
+  if len(data) < 16:
+    raise DataError(f'{path}: truncated: {len(data)} bytes, shorter than the '
+                    '16-byte IDX3 header.')
+  magic, count, rows, cols = struct.unpack('>4I', data[:16])
+  if magic != _IDX_IMAGES_MAGIC:
+    raise DataError(f'{path}: bad magic number 0x{magic:08x}; an IDX3 image '
+                    f'file starts with 0x{_IDX_IMAGES_MAGIC:08x}.')
+  if (rows, cols) != _IMAGE_SHAPE:
+    raise DataError(f'{path}: images are {rows}x{cols}, expected 28x28.')
+  expected = 16 + count * rows * cols
+  if len(data) != expected:
+    problem = 'truncated' if len(data) < expected else 'trailing bytes'
+    raise DataError(f'{path}: {problem}: header promises {count} images '
+                    f'({expected} bytes), file has {len(data)} bytes.')
+  return np.frombuffer(data, np.uint8, offset=16).reshape(count, rows, cols)
+
+
+def read_amat(path: str) -> np.ndarray:
+  """Reads a binarized-MNIST `.amat` file into uint8 `[N, 28, 28]` of 0/1."""
+  data = _read_bytes(path)
+  fast = _parse_canonical_amat(data)
+  if fast is not None:
+    return fast
+  lines = data.splitlines()
+  while lines and not lines[-1].strip():
+    lines.pop()
+  if not lines:
+    raise DataError(f'{path}: empty file.')
+  images = np.empty((len(lines), _AMAT_PIXELS), np.uint8)
+  for i, line in enumerate(lines):
+    values = line.split()
+    if len(values) != _AMAT_PIXELS:
+      raise DataError(f'{path}: line {i + 1} has {len(values)} values, '
+                      f'expected {_AMAT_PIXELS}.')
+    row = np.array(values, dtype=np.bytes_)
+    if not np.all((row == b'0') | (row == b'1')):
+      bad = row[(row != b'0') & (row != b'1')][0].decode(errors='replace')
+      raise DataError(f'{path}: line {i + 1} has value {bad!r}; pixels of '
+                      'binarized MNIST are 0 or 1.')
+    images[i] = row == b'1'
+  return images.reshape((-1,) + _IMAGE_SHAPE)
+
+
+def _parse_canonical_amat(data: bytes) -> Optional[np.ndarray]:
+  """Vectorized parse of the canonical layout ('0 1 ... 0\\n' per line);
+  None for anything else, which the line-by-line parser then checks."""
+  width = 2 * _AMAT_PIXELS
+  raw = np.frombuffer(data, np.uint8)
+  if raw.size == 0 or raw.size % width:
+    return None
+  rows = raw.reshape(-1, width)
+  pixels = rows[:, ::2] - np.uint8(ord('0'))
+  if (np.all(rows[:, 1:-1:2] == ord(' ')) and np.all(rows[:, -1] == ord('\n'))
+      and np.all(pixels <= 1)):
+    return pixels.reshape((-1,) + _IMAGE_SHAPE)
+  return None
+
+
+def binarize(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+  """Pixel ~ Bernoulli(intensity / 255), as float32 in {0, 1}.
+
+  Args:
+    images: uint8 intensities.
+    seed: a stateless seed, shape `[2]`.
+  """
+  uniform = tf.random.stateless_uniform(tf.shape(images), seed)
+  return tf.cast(uniform * 255.0 < tf.cast(images, tf.float32), tf.float32)
+
+
+def steps_per_epoch(num_images: int, batch_size: int) -> int:
+  """Full batches per epoch; the remainder is dropped (different images each
+  epoch), which keeps shapes static for XLA."""
+  return num_images // batch_size
+
+
+def epoch_batches(images: np.ndarray, batch_size: int, seed: int, epoch: int,
+                  start_step: int = 0) -> tf.data.Dataset:
+  """One epoch of shuffled, freshly binarized training batches.
+
+  The permutation is keyed on (seed, epoch) and the binarization on
+  (seed, epoch, step), so `start_step` resumes mid-epoch exactly.
+
+  Returns:
+    A dataset of float32 batches `[batch_size, 28, 28, 1]`, from
+    `start_step` to the end of the epoch.
+  """
+  num_steps = steps_per_epoch(len(images), batch_size)
+  if num_steps == 0:
+    raise ValueError(f'batch_size {batch_size} exceeds the {len(images)} '
+                     'training images.')
+  epoch_seed = tf.random.experimental.stateless_fold_in(
+      tf.constant([seed, 0], tf.int64), epoch)
+  order = tf.random.experimental.stateless_shuffle(
+      tf.range(len(images), dtype=tf.int64), seed=epoch_seed)
+  batch_indices = tf.reshape(order[:num_steps * batch_size],
+                             [num_steps, batch_size])
+  images = tf.constant(images)
+
+  def make_batch(step, indices):
+    step_seed = tf.random.experimental.stateless_fold_in(epoch_seed, step)
+    return binarize(tf.gather(images, indices), step_seed)
+
+  steps = tf.range(num_steps, dtype=tf.int64)
+  return (tf.data.Dataset.from_tensor_slices((steps, batch_indices))
+          .skip(start_step)
+          .map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
+          .prefetch(tf.data.AUTOTUNE))
+
+
+def eval_batches(images: np.ndarray, batch_size: int,
+                 seed: Sequence[int] = EVAL_BINARIZATION_SEED
+                 ) -> tf.data.Dataset:
+  """All images, binarized once with a fixed seed, in order; the last batch
+  may be smaller."""
+  binary = binarize(tf.constant(images), tf.constant(seed, tf.int64))
+  return tf.data.Dataset.from_tensor_slices(binary).batch(batch_size)

@@ -1,0 +1,119 @@
+"""The encoder and decoder of the 2019 TFP blog post, in Keras 3.
+
+"Variational Autoencoders with TensorFlow Probability Layers" built them with
+`tfp.layers`, which needs `tf_keras`. Here the networks are plain Keras 3
+layers that output distribution parameters, and the distribution heads are
+`tfp.distributions` built from those parameters: the same model, the same
+749,305 trainable parameters, and it compiles under XLA.
+"""
+
+from typing import Sequence
+
+import keras
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+tfd = tfp.distributions
+tfb = tfp.bijectors
+
+__all__ = ['IMAGE_SHAPE', 'LATENT_DIM', 'VAE']
+
+IMAGE_SHAPE = (28, 28, 1)
+LATENT_DIM = 16
+_BASE_DEPTH = 32
+# Keeps the posterior's scale diagonal positive by construction, as
+# tfp.layers.MultivariateNormalTriL does: softplus(x) + 1e-5.
+_SCALE_DIAG_SHIFT = 1e-5
+
+
+def _num_tril_params(latent_dim: int) -> int:
+  """Parameters of a full-covariance Gaussian: loc plus lower triangle."""
+  return latent_dim + latent_dim * (latent_dim + 1) // 2
+
+
+def make_encoder_network(image_shape: Sequence[int] = IMAGE_SHAPE,
+                         latent_dim: int = LATENT_DIM,
+                         base_depth: int = _BASE_DEPTH) -> keras.Sequential:
+  """Images centred at 0 -> parameters of q(z | x) (152 for 16 latents)."""
+  conv = lambda depth, kernel, strides=1, padding='same': keras.layers.Conv2D(
+      depth, kernel, strides=strides, padding=padding,
+      activation='leaky_relu')
+  return keras.Sequential([
+      keras.Input(shape=image_shape),
+      conv(base_depth, 5),
+      conv(base_depth, 5, strides=2),
+      conv(2 * base_depth, 5),
+      conv(2 * base_depth, 5, strides=2),
+      conv(4 * latent_dim, 7, padding='valid'),
+      keras.layers.Flatten(),
+      # The head stays float32 under mixed precision: it parameterizes a
+      # Cholesky factor.
+      keras.layers.Dense(_num_tril_params(latent_dim), dtype='float32'),
+  ], name='encoder')
+
+
+def make_decoder_network(image_shape: Sequence[int] = IMAGE_SHAPE,
+                         latent_dim: int = LATENT_DIM,
+                         base_depth: int = _BASE_DEPTH) -> keras.Sequential:
+  """Latents of shape [N, latent_dim] -> Bernoulli logits [N, 28, 28, 1]."""
+  deconv = lambda depth, kernel, strides=1, padding='same': (
+      keras.layers.Conv2DTranspose(depth, kernel, strides=strides,
+                                   padding=padding, activation='leaky_relu'))
+  return keras.Sequential([
+      keras.Input(shape=(latent_dim,)),
+      keras.layers.Reshape((1, 1, latent_dim)),
+      deconv(2 * base_depth, 7, padding='valid'),
+      deconv(2 * base_depth, 5),
+      deconv(2 * base_depth, 5, strides=2),
+      deconv(base_depth, 5),
+      deconv(base_depth, 5, strides=2),
+      deconv(base_depth, 5),
+      keras.layers.Conv2D(image_shape[-1], 5, padding='same', dtype='float32'),
+  ], name='decoder')
+
+
+class VAE(keras.Model):
+  """The blog's VAE: prior N(0, I), full-covariance Gaussian posterior,
+  independent Bernoulli likelihood over pixels.
+
+  The three distributions are exposed separately so the losses in
+  `elbo.losses` can combine them; `call` is not used for training.
+  """
+
+  def __init__(self,
+               image_shape: Sequence[int] = IMAGE_SHAPE,
+               latent_dim: int = LATENT_DIM,
+               base_depth: int = _BASE_DEPTH,
+               **kwargs):
+    super().__init__(**kwargs)
+    self.image_shape = tuple(image_shape)
+    self.latent_dim = latent_dim
+    self.encoder = make_encoder_network(image_shape, latent_dim, base_depth)
+    self.decoder = make_decoder_network(image_shape, latent_dim, base_depth)
+    self._fill_scale_tril = tfb.FillScaleTriL(diag_shift=_SCALE_DIAG_SHIFT)
+
+  def latent_prior(self) -> tfd.MultivariateNormalDiag:
+    """p(z) = N(0, I), as an MVN so that KL(q || p) has a closed form."""
+    return tfd.MultivariateNormalDiag(
+        loc=tf.zeros([self.latent_dim]), scale_diag=tf.ones([self.latent_dim]))
+
+  def approx_posterior(self, images: tf.Tensor) -> tfd.MultivariateNormalTriL:
+    """q(z | x) for images in [0, 1] of shape [N, 28, 28, 1]."""
+    params = self.encoder(tf.cast(images, tf.float32) - 0.5)
+    loc, tril = tf.split(params, [self.latent_dim, -1], axis=-1)
+    return tfd.MultivariateNormalTriL(
+        loc=loc, scale_tril=self._fill_scale_tril(tril))
+
+  def decoder_likelihood(self, z: tf.Tensor) -> tfd.Independent:
+    """p(x | z) for latents of any leading shape `S + [latent_dim]`."""
+    leading_shape = tf.shape(z)[:-1]
+    logits = self.decoder(tf.reshape(z, [-1, self.latent_dim]))
+    logits = tf.reshape(
+        logits, tf.concat([leading_shape, self.image_shape], axis=0))
+    return tfd.Independent(tfd.Bernoulli(logits=logits, dtype=tf.float32),
+                           reinterpreted_batch_ndims=len(self.image_shape))
+
+  def call(self, images: tf.Tensor) -> tf.Tensor:
+    """Decoder mean at the posterior mean: a deterministic reconstruction."""
+    z = self.approx_posterior(images).mean()
+    return self.decoder_likelihood(z).mean()
