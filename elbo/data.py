@@ -96,9 +96,10 @@ def load_images(dataset: str, split: str,
 
 def _load_tfds(dataset: str, split: str) -> np.ndarray:
   import tensorflow_datasets as tfds  # Heavy; only this source needs it.
-  images = tfds.as_numpy(
-      tfds.load(dataset, split=split, batch_size=-1))['image']
-  images = np.asarray(images, dtype=np.uint8).reshape((-1,) + _IMAGE_SHAPE)
+  # Batches rather than batch_size=-1, which aborts under tfds.testing.
+  batches = tfds.load(dataset, split=split).map(lambda e: e['image'])
+  images = np.concatenate(list(tfds.as_numpy(batches.batch(10_000))))
+  images = images.astype(np.uint8).reshape((-1,) + _IMAGE_SHAPE)
   if dataset == 'binarized_mnist':
     images = np.minimum(images, 1) * np.uint8(255)
   return images

@@ -1,0 +1,26 @@
+"""elbo: the TFP blog's VAE as a small, explicit TensorFlow 2 library."""
+
+import setuptools
+
+setuptools.setup(
+    name='elbo',
+    version='0.1.0',
+    description=('Variational autoencoders in TensorFlow 2: explicit '
+                 'GradientTape training, separate ELBO terms, TensorBoard.'),
+    long_description=open('README.md', encoding='utf-8').read(),
+    long_description_content_type='text/markdown',
+    packages=['elbo'],
+    python_requires='>=3.10',
+    # Versions that install and work together (checked with Python 3.11).
+    install_requires=[
+        'absl-py==2.5.1',
+        'numpy>=1.26,<3',
+        'tensorboard==2.21.0',  # TF 2.21 no longer brings it; tf.summary needs it.
+        'tensorflow==2.21.0',
+        'tensorflow-datasets==4.9.10',
+        'tensorflow-probability==0.25.0',
+    ],
+    extras_require={
+        'test': ['pytest>=8'],
+    },
+)

@@ -1,0 +1,70 @@
+"""Shared test fixtures: real MNIST from ../shared/datasets when present,
+otherwise small generated files in the same standard formats."""
+
+import gzip
+import os
+import struct
+
+import numpy as np
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATASETS = os.path.join(os.path.dirname(REPO_ROOT), 'shared',
+                               'datasets')
+
+
+def have_real_data() -> bool:
+  """ELBO_TESTS_FAKE_DATA=1 forces generated data, to test the fallback."""
+  if os.environ.get('ELBO_TESTS_FAKE_DATA'):
+    return False
+  return os.path.isfile(
+      os.path.join(SHARED_DATASETS, 'mnist', 'train-images-idx3-ubyte.gz'))
+
+
+def write_idx_images(path: str, images: np.ndarray) -> None:
+  header = struct.pack('>4I', 0x803, *images.shape)
+  with gzip.open(path, 'wb') as f:
+    f.write(header + images.astype(np.uint8).tobytes())
+
+
+def write_amat(path: str, images: np.ndarray) -> None:
+  lines = [' '.join(str(int(v)) for v in image.reshape(-1))
+           for image in images]
+  with gzip.open(path, 'wb') as f:
+    f.write(('\n'.join(lines) + '\n').encode())
+
+
+def make_fake_datasets(root: str, num_train: int = 512,
+                       num_test: int = 128) -> str:
+  """Writes the standard files with digit-like blobs, so that a model has
+  something to learn."""
+  rng = np.random.default_rng(0)
+
+  def blobs(n):
+    yy, xx = np.mgrid[:28, :28]
+    centres = rng.uniform(8, 20, size=(n, 2, 1, 1))
+    radius = rng.uniform(3, 7, size=(n, 1, 1))
+    inside = ((yy - centres[:, 0]) ** 2 + (xx - centres[:, 1]) ** 2
+              < radius ** 2)
+    return (inside * rng.uniform(150, 255, size=(n, 28, 28))).astype(np.uint8)
+
+  os.makedirs(os.path.join(root, 'mnist'))
+  os.makedirs(os.path.join(root, 'binarized_mnist'))
+  write_idx_images(os.path.join(root, 'mnist', 'train-images-idx3-ubyte.gz'),
+                   blobs(num_train))
+  write_idx_images(os.path.join(root, 'mnist', 't10k-images-idx3-ubyte.gz'),
+                   blobs(num_test))
+  for split, n in (('train', num_train), ('valid', num_test),
+                   ('test', num_test)):
+    write_amat(os.path.join(root, 'binarized_mnist',
+                            f'binarized_mnist_{split}.amat.gz'),
+               blobs(n) > 127)
+  return root
+
+
+@pytest.fixture(scope='session')
+def data_dir(tmp_path_factory) -> str:
+  """Real MNIST when ../shared/datasets has it, else generated files."""
+  if have_real_data():
+    return SHARED_DATASETS
+  return make_fake_datasets(str(tmp_path_factory.mktemp('datasets')))

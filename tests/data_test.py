@@ -1,0 +1,164 @@
+"""Tests of elbo.data: local files, TFDS, binarization, batching, errors."""
+
+import gzip
+import os
+import struct
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from elbo import data
+import conftest
+
+
+@pytest.mark.skipif(not conftest.have_real_data(),
+                    reason='needs ../shared/datasets')
+@pytest.mark.parametrize('dataset,split,count', [
+    ('mnist', 'train', 60_000),
+    ('mnist', 'test', 10_000),
+    ('binarized_mnist', 'train', 50_000),
+    ('binarized_mnist', 'validation', 10_000),
+    ('binarized_mnist', 'test', 10_000),
+])
+def test_real_files_parse(dataset, split, count):
+  images = data.load_images(dataset, split, conftest.SHARED_DATASETS)
+  assert images.shape == (count, 28, 28, 1)
+  assert images.dtype == np.uint8
+  if dataset == 'binarized_mnist':
+    assert set(np.unique(images)) == {0, 255}
+    # About 13% of binarized MNIST pixels are on.
+    assert 0.10 < np.mean(images == 255) < 0.16
+  else:
+    assert images.max() == 255 and images.min() == 0
+    # Digits are white on black: the border is background, i.e. dark.
+    assert images[:, 0, :, :].mean() < 1
+
+
+def test_any_number_of_images(tmp_path):
+  root = conftest.make_fake_datasets(str(tmp_path), num_train=37, num_test=5)
+  assert data.load_images('mnist', 'train', root).shape == (37, 28, 28, 1)
+  assert data.load_images('binarized_mnist', 'validation',
+                          root).shape == (5, 28, 28, 1)
+
+
+def test_files_directly_in_data_dir_and_uncompressed(tmp_path):
+  images = np.arange(3 * 784, dtype=np.uint32).reshape(3, 28, 28) % 256
+  raw = struct.pack('>4I', 0x803, 3, 28, 28) + images.astype(np.uint8).tobytes()
+  (tmp_path / 't10k-images-idx3-ubyte').write_bytes(raw)
+  loaded = data.load_images('mnist', 'test', str(tmp_path))
+  np.testing.assert_array_equal(loaded[..., 0], images)
+
+
+def test_binarization_mean_matches_intensity():
+  intensities = np.tile(np.arange(0, 256, 17, dtype=np.uint8), 40)  # 16 levels
+  images = np.broadcast_to(intensities, (5000, intensities.size))
+  binary = data.binarize(tf.constant(images), tf.constant([1, 2])).numpy()
+  assert set(np.unique(binary)) == {0., 1.}
+  mean = binary.mean(axis=0)
+  p = intensities / 255.
+  standard_error = np.sqrt(p * (1 - p) / 5000)
+  assert np.all(np.abs(mean - p) <= 5 * standard_error + 1e-9)
+  assert np.all(binary[:, intensities == 0] == 0)
+  assert np.all(binary[:, intensities == 255] == 1)
+
+
+def test_epochs_reshuffle_and_rebinarize(data_dir):
+  images = data.load_images('mnist', 'train', data_dir)[:512]
+  epoch0 = np.concatenate(list(data.epoch_batches(images, 64, 0, 0)))
+  epoch0_again = np.concatenate(list(data.epoch_batches(images, 64, 0, 0)))
+  epoch1 = np.concatenate(list(data.epoch_batches(images, 64, 0, 1)))
+  assert epoch0.shape == (512, 28, 28, 1)
+  np.testing.assert_array_equal(epoch0, epoch0_again)  # Deterministic.
+  assert not np.array_equal(epoch0, epoch1)
+  # Same images, new order and new draws: the mean stays the intensity's.
+  np.testing.assert_allclose(epoch0.mean(), images.mean() / 255, atol=0.01)
+  np.testing.assert_allclose(epoch1.mean(), images.mean() / 255, atol=0.01)
+
+
+def test_epoch_uses_each_image_once_and_resumes_mid_epoch():
+  # Image i is black but for pixel (0, i), so a binarized batch shows which
+  # images it holds.
+  images = np.zeros((10, 28, 28, 1), np.uint8)
+  images[np.arange(10), 0, np.arange(10), 0] = 255
+  batches = [b.numpy() for b in data.epoch_batches(images, 3, 0, 0)]
+  assert len(batches) == data.steps_per_epoch(10, 3) == 3
+  seen = np.concatenate([np.argmax(b[:, 0, :10, 0], axis=1) for b in batches])
+  assert len(set(seen)) == 9  # 3 full batches of distinct images.
+  resumed = [b.numpy() for b in data.epoch_batches(images, 3, 0, 0,
+                                                    start_step=2)]
+  assert len(resumed) == 1
+  np.testing.assert_array_equal(resumed[0], batches[2])
+
+
+def test_eval_batches_are_fixed_and_complete(data_dir):
+  images = data.load_images('mnist', 'test', data_dir)[:120]
+  first = np.concatenate(list(data.eval_batches(images, 50)))
+  second = np.concatenate(list(data.eval_batches(images, 50)))
+  assert first.shape == (120, 28, 28, 1)
+  np.testing.assert_array_equal(first, second)
+
+
+@pytest.mark.parametrize('dataset,split', [
+    ('mnist', 'train'), ('binarized_mnist', 'validation')])
+def test_tfds_source(dataset, split):
+  with tfds.testing.mock_data(num_examples=12):
+    images = data.load_images(dataset, split)
+  assert images.shape == (12, 28, 28, 1)
+  assert images.dtype == np.uint8
+
+
+def _gz(path, payload: bytes) -> str:
+  with gzip.open(path, 'wb') as f:
+    f.write(payload)
+  return str(path)
+
+
+_GOOD_HEADER = struct.pack('>4I', 0x803, 2, 28, 28)
+_CANONICAL_LINE = ' '.join(['0'] * 784)
+
+
+@pytest.mark.parametrize('name,payload,message', [
+    ('train-images-idx3-ubyte.gz',
+     struct.pack('>4I', 0x801, 2, 28, 28) + bytes(2 * 784),
+     'bad magic number 0x00000801'),
+    ('train-images-idx3-ubyte.gz', _GOOD_HEADER + bytes(784 + 10),
+     'truncated: header promises 2 images'),
+    ('train-images-idx3-ubyte.gz', _GOOD_HEADER + bytes(3 * 784),
+     'trailing bytes'),
+    ('train-images-idx3-ubyte.gz', struct.pack('>4I', 0x803, 2, 32, 32),
+     'images are 32x32, expected 28x28'),
+    ('train-images-idx3-ubyte.gz', b'\x00\x00', 'truncated: 2 bytes'),
+    ('binarized_mnist_train.amat.gz',
+     (_CANONICAL_LINE + '\n' + ' '.join(['0'] * 783) + '\n').encode(),
+     'line 2 has 783 values, expected 784'),
+    ('binarized_mnist_train.amat.gz',
+     (' '.join(['0'] * 783 + ['2']) + '\n').encode(),
+     "line 1 has value '2'"),
+    ('binarized_mnist_train.amat.gz', b'\n\n', 'empty file'),
+])
+def test_malformed_files_give_one_line_errors(tmp_path, name, payload,
+                                              message):
+  path = _gz(tmp_path / name, payload)
+  dataset = 'mnist' if 'idx3' in name else 'binarized_mnist'
+  with pytest.raises(data.DataError) as error:
+    data.load_images(dataset, 'train', str(tmp_path))
+  assert message in str(error.value)
+  assert str(error.value).startswith(path)
+  assert '\n' not in str(error.value)
+
+
+def test_not_gzip_and_missing_files(tmp_path):
+  (tmp_path / 'train-images-idx3-ubyte.gz').write_bytes(b'not a gzip file')
+  with pytest.raises(data.DataError, match='cannot read'):
+    data.load_images('mnist', 'train', str(tmp_path))
+  with pytest.raises(data.DataError, match='t10k-images-idx3-ubyte.*not found'):
+    data.load_images('mnist', 'test', str(tmp_path))
+
+
+def test_unknown_dataset_and_split():
+  with pytest.raises(ValueError, match='Unknown dataset'):
+    data.load_images('cifar10', 'train', '/nonexistent')
+  with pytest.raises(ValueError, match='Unknown split'):
+    data.load_images('mnist', 'validation', '/nonexistent')

@@ -1,0 +1,64 @@
+"""Tests that elbo.models is the blog's architecture."""
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from elbo import models
+
+tfd = tfp.distributions
+
+
+def _count(variables) -> int:
+  return sum(int(np.prod(v.shape)) for v in variables)
+
+
+def test_parameter_count_equals_the_blog_model():
+  model = models.VAE()
+  assert _count(model.encoder.trainable_variables) == 390_840
+  assert _count(model.decoder.trainable_variables) == 358_465
+  assert _count(model.trainable_variables) == 749_305
+  # The encoder's head: loc (16) and the lower triangle (136) of a 16x16.
+  assert model.encoder.layers[-1].units == 152
+
+
+def test_posterior_is_a_full_covariance_gaussian():
+  model = models.VAE()
+  images = tf.cast(tf.random.stateless_uniform([5, 28, 28, 1], (1, 2)) < 0.3,
+                   tf.float32)
+  q = model.approx_posterior(images)
+  assert isinstance(q, tfd.MultivariateNormalTriL)
+  assert q.batch_shape == (5,)
+  assert q.event_shape == (16,)
+  tril = q.scale.to_dense().numpy()
+  assert np.all(np.triu(tril, k=1) == 0)
+  assert np.all(np.diagonal(tril, axis1=-2, axis2=-1) > 0)
+  # Off-diagonal entries are free parameters: the covariance is not diagonal.
+  assert np.any(np.tril(tril, k=-1) != 0)
+
+
+def test_decoder_likelihood_shapes_for_sampled_latents():
+  model = models.VAE()
+  z = tf.random.stateless_normal([3, 5, 16], (3, 4))  # [samples, batch, D]
+  p = model.decoder_likelihood(z)
+  assert p.batch_shape == (3, 5)
+  assert p.event_shape == (28, 28, 1)
+  sample = p.sample(seed=(5, 6)).numpy()
+  assert sample.shape == (3, 5, 28, 28, 1)
+  assert set(np.unique(sample)) <= {0., 1.}
+  log_prob = p.log_prob(tf.zeros([5, 28, 28, 1])).numpy()
+  assert log_prob.shape == (3, 5)
+  assert np.all(np.isfinite(log_prob)) and np.all(log_prob < 0)
+
+
+def test_prior_is_standard_normal():
+  prior = models.VAE().latent_prior()
+  np.testing.assert_array_equal(prior.mean(), np.zeros(16))
+  np.testing.assert_array_equal(prior.covariance(), np.eye(16))
+
+
+def test_call_reconstructs_in_unit_interval():
+  model = models.VAE()
+  out = model(tf.zeros([2, 28, 28, 1])).numpy()
+  assert out.shape == (2, 28, 28, 1)
+  assert np.all((out > 0) & (out < 1))
