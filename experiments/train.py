@@ -15,6 +15,9 @@ Run it again with the same --workdir to resume. TensorBoard:
   tensorboard --logdir=/tmp/elbo
 """
 
+import os
+import sys
+
 from absl import app
 from absl import flags
 from absl import logging
@@ -74,6 +77,10 @@ _EVAL_BATCH_SIZE = flags.DEFINE_integer(
     'eval_batch_size', _DEFAULTS.eval_batch_size,
     'Examples per test-set evaluation batch; >= 1.')
 
+flags.register_validator(
+    'workdir', lambda path: not os.path.exists(path) or os.path.isdir(path),
+    message='--workdir exists and is not a directory.')
+
 
 def main(argv):
   if len(argv) > 1:
@@ -92,7 +99,10 @@ def main(argv):
   except ValueError as e:
     raise app.UsageError(str(e))
   logging.info('Config: %s', config)
-  train.train_and_evaluate(config, _WORKDIR.value)
+  try:
+    train.train_and_evaluate(config, _WORKDIR.value)
+  except data.DataError as e:
+    sys.exit(f'Data error: {e}')
 
 
 if __name__ == '__main__':
