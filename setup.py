@@ -19,6 +19,8 @@ setuptools.setup(
         'tensorflow==2.21.0',
         'tensorflow-datasets==4.9.10',
         'tensorflow-probability==0.25.0',
+        # TFP 0.25 imports tf_keras at import time (for tfp.layers).
+        'tf-keras==2.21.0',
     ],
     extras_require={
         'test': ['pytest>=8'],

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -115,9 +116,9 @@ def test_xla_and_default_steps_compute_the_same_loss(data_dir):
   seed = tf.constant([1, 2], tf.int32)
   results = {}
   for jit_compile in (False, True):
-    tf.keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(0)
     model = models.VAE()
-    optimizer = tf.keras.optimizers.Adam(1e-3)
+    optimizer = keras.optimizers.Adam(1e-3)
     step = train.make_train_step(model, optimizer, config, jit_compile)
     eval_step = train.make_eval_step(model, config, jit_compile)
     before = eval_step(images, seed).numpy()
