@@ -127,9 +127,11 @@ def test_xla_and_default_steps_compute_the_same_loss(data_dir):
     results[jit_compile] = (before, first, second)
   (before, first, second), (before_xla, first_xla, second_xla) = (
       results[False], results[True])
-  # Same weights, same batch, same latent draws: equal up to float rounding.
-  np.testing.assert_allclose(before_xla, before, rtol=1e-5)
-  np.testing.assert_allclose(first_xla, first, rtol=1e-5)
+  # Same weights, same batch, same latent draws: equal up to float rounding
+  # (XLA's and oneDNN's convolutions sum in different orders; measured up
+  # to 2.3e-5 relative).
+  np.testing.assert_allclose(before_xla, before, rtol=1e-4)
+  np.testing.assert_allclose(first_xla, first, rtol=1e-4)
   # Adam's first update is about lr * sign(gradient), so rounding-level
   # gradient differences move some weights by up to 2e-3 either way; the
   # next loss still agrees closely (measured: 2e-5 in the ELBO, 3e-3 in KL).
