@@ -3,8 +3,13 @@
 `train_and_evaluate(config, workdir)` is the whole job. Re-running it with the
 same workdir resumes from the latest checkpoint: model, optimizer (whose
 `iterations` is the global step), and the running metric sums; the data
-position follows from the step, because batches are keyed on
-(seed, epoch, step) (see `elbo.data`).
+position follows from the step, because batches and latent draws are keyed on
+(seed, epoch, step) (see `elbo.data`). So an interrupted and resumed run
+computes what an uninterrupted one would.
+
+Safety: SIGTERM / SIGINT end the run after the current step with a
+checkpoint (`TrainingInterrupted`); a non-finite loss term or gradient stops
+it (`NonFiniteError`) before any checkpoint of the bad state is written.
 """
 
 import dataclasses
@@ -18,16 +23,21 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from elbo import checkpoints
 from elbo import data
-from elbo import images as image_utils
+from elbo import images
+from elbo import interrupts
 from elbo import losses
 from elbo import models
 
-__all__ = ['Config', 'JIT_COMPILE_CHOICES', 'make_eval_step',
-           'make_train_step', 'resolve_jit_compile', 'train_and_evaluate']
+__all__ = ['Config', 'JIT_COMPILE_CHOICES', 'NonFiniteError',
+           'NonFiniteGuard', 'TrainingInterrupted', 'evaluate',
+           'make_eval_step', 'make_train_step', 'resolve_jit_compile',
+           'train_and_evaluate']
 
 JIT_COMPILE_CHOICES = ('auto', 'true', 'false')
 _TERMS = losses.ElboTerms._fields  # ('elbo', 'reconstruction', 'kl')
+_GUARDED = _TERMS + ('gradients',)
 _NUM_GRID_IMAGES = 16
 # Stream ids folded into the run seed, so each random use has its own stream.
 _LATENT_STREAM, _EVAL_STREAM, _FIGURE_STREAM = 1, 2, 3
@@ -85,9 +95,62 @@ def resolve_jit_compile(jit_compile: str) -> bool:
   return jit_compile == 'true'
 
 
-def _batch_elbo(model: models.VAE, images: tf.Tensor, config: Config,
+class TrainingInterrupted(Exception):
+  """A stop signal arrived; a checkpoint of `step` was written."""
+
+  def __init__(self, step: int, signum: int):
+    super().__init__(f'Stopped by signal {signum} after step {step}; '
+                     f'checkpoint ckpt-{step} written. Run again to resume.')
+    self.step = step
+    self.signum = signum
+
+
+class NonFiniteError(FloatingPointError):
+  """A loss term or the gradients became NaN or infinite."""
+
+
+class NonFiniteGuard(tf.Module):
+  """Remembers the first step whose loss terms or gradients are not finite.
+
+  Recording happens inside the compiled step; the host reads it only at
+  `check()` (before logging and before every checkpoint), so the guard costs
+  no per-step synchronization, and a bad state is never saved.
+  """
+
+  def __init__(self):
+    super().__init__()
+    self.first_bad_step = tf.Variable(-1, dtype=tf.int64, trainable=False)
+    self.bad = tf.Variable(tf.zeros([len(_GUARDED)], tf.bool),
+                           trainable=False)
+
+  def observe(self, step: tf.Tensor, mean_terms: tf.Tensor,
+              gradients) -> None:
+    finite = tf.concat([tf.math.is_finite(mean_terms),
+                        [tf.math.is_finite(tf.linalg.global_norm(gradients))]],
+                       axis=0)
+
+    def record():
+      self.first_bad_step.assign(step)
+      self.bad.assign(tf.logical_not(finite))
+      return tf.constant(0)
+
+    tf.cond(tf.logical_and(tf.logical_not(tf.reduce_all(finite)),
+                           self.first_bad_step < 0),
+            record, lambda: tf.constant(0))
+
+  def check(self) -> None:
+    """Raises NonFiniteError naming the first bad step and what was bad."""
+    step = int(self.first_bad_step.numpy())
+    if step >= 0:
+      names = [n for n, bad in zip(_GUARDED, self.bad.numpy()) if bad]
+      raise NonFiniteError(
+          f'Non-finite {", ".join(names)} at step {step + 1}; training '
+          'stopped and the last checkpoint (before it) was kept.')
+
+
+def _batch_elbo(model: models.VAE, batch: tf.Tensor, config: Config,
                 seed: tf.Tensor) -> losses.ElboTerms:
-  return losses.elbo(images, model.approx_posterior(images),
+  return losses.elbo(batch, model.approx_posterior(batch),
                      model.decoder_likelihood, model.latent_prior(),
                      num_samples=config.num_samples, kl_method=config.kl,
                      seed=seed)
@@ -99,91 +162,64 @@ def _mean_terms(terms: losses.ElboTerms) -> tf.Tensor:
 
 
 def make_train_step(model: models.VAE, optimizer: keras.optimizers.Optimizer,
-                    config: Config, jit_compile: bool):
-  """Returns `step(images, seed) -> [elbo, reconstruction, kl]` batch means.
+                    config: Config, jit_compile: bool,
+                    guard: Optional[NonFiniteGuard] = None):
+  """Returns `train_step(batch, step) -> [elbo, reconstruction, kl]`.
 
-  The loss is the negative ELBO averaged over the batch; its two terms come
-  back separately for logging.
+  The loss is the negative ELBO averaged over the batch; its terms come back
+  as batch means for logging. `step` (int64 scalar, the global step) keys
+  the latent draws, so a step computes the same thing whenever it runs.
   """
+  latent_seed = tf.constant([config.seed, _LATENT_STREAM], tf.int32)
 
   @tf.function(jit_compile=jit_compile)
-  def train_step(images, seed):
+  def train_step(batch, step):
+    seed = tf.random.experimental.stateless_fold_in(
+        latent_seed, tf.cast(step, tf.int32))
     with tf.GradientTape() as tape:
-      terms = _batch_elbo(model, images, config, seed)
+      terms = _batch_elbo(model, batch, config, seed)
       loss = -tf.reduce_mean(terms.elbo)
     variables = model.trainable_variables
-    optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-    return _mean_terms(terms)
+    gradients = tape.gradient(loss, variables)
+    mean_terms = _mean_terms(terms)
+    if guard is not None:
+      guard.observe(step, mean_terms, gradients)
+    optimizer.apply_gradients(zip(gradients, variables))
+    return mean_terms
 
   return train_step
 
 
 def make_eval_step(model: models.VAE, config: Config, jit_compile: bool):
-  """Returns `step(images, seed) -> [elbo, reconstruction, kl]` batch sums."""
+  """Returns `eval_step(batch, seed) -> [elbo, reconstruction, kl]` sums."""
 
   @tf.function(jit_compile=jit_compile)
-  def eval_step(images, seed):
-    terms = _batch_elbo(model, images, config, seed)
+  def eval_step(batch, seed):
+    terms = _batch_elbo(model, batch, config, seed)
     return tf.stack([tf.reduce_sum(t) for t in terms])
 
   return eval_step
 
 
-def evaluate(eval_step, batches: tf.data.Dataset, seed: int) -> Dict[str, float]:
+def evaluate(eval_step, batches: tf.data.Dataset,
+             seed: int) -> Dict[str, float]:
   """Mean ELBO terms over a whole split, with a fixed latent seed per batch
   so that repeated evaluations of the same model agree."""
   sums, count = np.zeros(len(_TERMS)), 0
   base_seed = tf.constant([seed, _EVAL_STREAM], tf.int32)
-  for index, images in enumerate(batches):
+  for index, batch in enumerate(batches):
     batch_seed = tf.random.experimental.stateless_fold_in(base_seed, index)
-    sums += eval_step(images, batch_seed).numpy()
-    count += int(images.shape[0])
+    sums += eval_step(batch, batch_seed).numpy()
+    count += int(batch.shape[0])
   return dict(zip(_TERMS, (sums / count).tolist()))
 
 
 def _write_scalars(writer, step: int, values: Dict[str, float]) -> None:
+  """Writes and flushes, so a killed run still shows its curves."""
   with writer.as_default(step=step):
     for name, value in values.items():
       tf.summary.scalar(name, value)
   writer.flush()
-
-
-def _write_images(writer, step: int, pictures: Dict[str, tf.Tensor]) -> None:
-  with writer.as_default(step=step):
-    for name, batch in pictures.items():
-      tf.summary.image(name, image_utils.image_grid(batch, columns=4))
-  writer.flush()
-
-
-def _decoded_images(model: models.VAE, test_images: tf.Tensor,
-                    prior_z: tf.Tensor, seed: tf.Tensor) -> Dict[str, tf.Tensor]:
-  """The blog's pictures: test images, decoder mode and mean of their
-  encodings, and decoder mode and mean of fixed prior samples."""
-  z = model.approx_posterior(test_images).sample(seed=seed)
-  reconstruction = model.decoder_likelihood(z)
-  prior_sample = model.decoder_likelihood(prior_z)
-  return {
-      'input': test_images,
-      'reconstruction/mode': reconstruction.mode(),
-      'reconstruction/mean': reconstruction.mean(),
-      'prior_sample/mode': prior_sample.mode(),
-      'prior_sample/mean': prior_sample.mean(),
-  }
-
-
-def _write_figures(workdir: str, pictures: Dict[str, tf.Tensor]) -> None:
-  """The blog's two figures as PNGs: inputs above their reconstructions,
-  and decoded prior samples (mode above mean)."""
-  columns = _NUM_GRID_IMAGES
-  reconstructions = tf.concat([pictures['input'],
-                               pictures['reconstruction/mode'],
-                               pictures['reconstruction/mean']], axis=0)
-  image_utils.write_png(os.path.join(workdir, 'reconstructions.png'),
-                        image_utils.image_grid(reconstructions, columns))
-  samples = tf.concat([pictures['prior_sample/mode'],
-                       pictures['prior_sample/mean']], axis=0)
-  image_utils.write_png(os.path.join(workdir, 'prior_samples.png'),
-                        image_utils.image_grid(samples, columns))
 
 
 def _save_config(workdir: str, config: Config) -> None:
@@ -196,22 +232,33 @@ def _save_config(workdir: str, config: Config) -> None:
     changed = {k: (previous.get(k), v) for k, v in current.items()
                if previous.get(k) != v}
     if changed:
-      logging.warning('Config differs from the run in %s: %s', workdir,
-                      changed)
+      logging.warning('Config differs from the run in %s (old, new): %s',
+                      workdir, changed)
   with tf.io.gfile.GFile(path, 'w') as f:
     json.dump(current, f, indent=2)
 
 
-def train_and_evaluate(config: Config, workdir: str) -> Dict[str, Dict[str, float]]:
+def _format(metrics: Dict[str, float]) -> str:
+  return ', '.join(f'{k} {v:.2f}' for k, v in metrics.items())
+
+
+def train_and_evaluate(config: Config,
+                       workdir: str) -> Dict[str, Dict[str, float]]:
   """Trains (or resumes) the blog's VAE and evaluates it each epoch.
 
   Writes to `workdir`: `checkpoints/`, TensorBoard events in `train/` and
   `test/`, `config.json`, and at the end `reconstructions.png` and
-  `prior_samples.png`.
+  `prior_samples.png`. Nothing is created before the data has loaded.
 
   Returns:
     The mean ELBO terms of the last train interval and of the last test
     evaluation: `{'train': {...}, 'test': {...}}`.
+
+  Raises:
+    TrainingInterrupted: SIGTERM or SIGINT; a checkpoint was written.
+    NonFiniteError: NaN/Inf in a loss term or the gradients.
+    checkpoints.CheckpointMismatchError: the workdir holds another model.
+    data.DataError: a data file is missing or malformed.
   """
   if tf.io.gfile.exists(workdir) and not tf.io.gfile.isdir(workdir):
     raise ValueError(f'workdir {workdir!r} exists and is not a directory.')
@@ -224,8 +271,6 @@ def train_and_evaluate(config: Config, workdir: str) -> Dict[str, Dict[str, floa
   total_steps = config.epochs * steps_per_epoch
   if config.max_steps:
     total_steps = min(total_steps, config.max_steps)
-  tf.io.gfile.makedirs(workdir)
-  _save_config(workdir, config)
 
   keras.utils.set_random_seed(config.seed)  # Weight initialization.
   model = models.VAE()
@@ -235,21 +280,19 @@ def train_and_evaluate(config: Config, workdir: str) -> Dict[str, Dict[str, floa
   # resumed run logs the same averages as an uninterrupted one.
   interval_sums = tf.Variable(tf.zeros([len(_TERMS)]), trainable=False)
   epoch_sums = tf.Variable(tf.zeros([len(_TERMS)]), trainable=False)
-  checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer,
-                                   interval_sums=interval_sums,
-                                   epoch_sums=epoch_sums)
-  manager = tf.train.CheckpointManager(
-      checkpoint, os.path.join(workdir, 'checkpoints'),
-      max_to_keep=config.keep_checkpoints)
-  if manager.latest_checkpoint:
-    checkpoint.restore(manager.latest_checkpoint).assert_consumed()
-    logging.info('Resumed from %s.', manager.latest_checkpoint)
+  manager = checkpoints.make_manager(
+      workdir, config.keep_checkpoints, model=model, optimizer=optimizer,
+      interval_sums=interval_sums, epoch_sums=epoch_sums)
+  checkpoints.restore_latest(manager)
+  tf.io.gfile.makedirs(workdir)
+  _save_config(workdir, config)
   step = int(optimizer.iterations.numpy())
 
   jit_compile = resolve_jit_compile(config.jit_compile)
   logging.info('XLA (jit_compile): %s; %d steps per epoch; step %d of %d.',
                jit_compile, steps_per_epoch, step, total_steps)
-  train_step = make_train_step(model, optimizer, config, jit_compile)
+  guard = NonFiniteGuard()
+  train_step = make_train_step(model, optimizer, config, jit_compile, guard)
   eval_step = make_eval_step(model, config, jit_compile)
   train_writer = tf.summary.create_file_writer(os.path.join(workdir, 'train'))
   test_writer = tf.summary.create_file_writer(os.path.join(workdir, 'test'))
@@ -259,67 +302,72 @@ def train_and_evaluate(config: Config, workdir: str) -> Dict[str, Dict[str, floa
   grid_inputs = next(iter(test_batches.unbatch().batch(_NUM_GRID_IMAGES)))
   # Drawn once, so the prior-sample pictures compare across steps.
   prior_z = model.latent_prior().sample(_NUM_GRID_IMAGES, seed=figure_seed)
-  latent_seed = tf.constant([config.seed, _LATENT_STREAM], tf.int32)
+  pictures = lambda: images.blog_pictures(model, grid_inputs, prior_z,
+                                          figure_seed)
+
+  def save():
+    guard.check()
+    manager.save(checkpoint_number=step)
 
   start_step = last_saved_step = step
   progress = keras.utils.Progbar(max(total_steps - start_step, 1),
                                  stateful_metrics=('epoch',) + _TERMS)
   train_metrics, test_metrics = {}, {}
   interval_start_time, interval_start_step = time.perf_counter(), step
-  while step < total_steps:
-    epoch, epoch_step = divmod(step, steps_per_epoch)
-    for images in data.epoch_batches(train_images, config.batch_size,
-                                     config.seed, epoch, epoch_step):
-      terms = train_step(
-          images, tf.random.experimental.stateless_fold_in(latent_seed, step))
-      interval_sums.assign_add(terms)
-      epoch_sums.assign_add(terms)
-      step += 1
-      if step % config.log_every == 0 or step == total_steps:
-        since_log = step - (step - 1) // config.log_every * config.log_every
-        train_metrics = dict(zip(_TERMS, (interval_sums / since_log).numpy()))
-        interval_sums.assign(tf.zeros_like(interval_sums))
-        elapsed = time.perf_counter() - interval_start_time
-        examples_per_second = ((step - interval_start_step) *
-                               config.batch_size / elapsed)
-        interval_start_time, interval_start_step = time.perf_counter(), step
-        _write_scalars(train_writer, step, {
-            **train_metrics,
-            'learning_rate': float(optimizer.learning_rate.numpy()),
-            'examples_per_second': examples_per_second,
-        })
-        progress.update(step - start_step,
-                        [('epoch', epoch + 1), *train_metrics.items()])
-      if step % config.image_every == 0:
-        _write_images(train_writer, step,
-                      _decoded_images(model, grid_inputs, prior_z,
-                                      figure_seed))
-      if step % steps_per_epoch == 0:
-        epoch_metrics = dict(zip(
-            _TERMS, (epoch_sums / steps_per_epoch).numpy()))
-        epoch_sums.assign(tf.zeros_like(epoch_sums))
-        test_metrics = evaluate(eval_step, test_batches, config.seed)
-        _write_scalars(train_writer, step,
-                       {f'epoch/{k}': v for k, v in epoch_metrics.items()})
-        _write_scalars(test_writer, step, test_metrics)
-        logging.info('Epoch %d (step %d): train %s; test %s', epoch + 1, step,
-                     _format(epoch_metrics), _format(test_metrics))
-      if step % config.checkpoint_every == 0 or step % steps_per_epoch == 0:
-        manager.save(checkpoint_number=step)
-        last_saved_step = step
-      if step >= total_steps:
-        break
+  with interrupts.deferred_signals() as stop_signals:
+    while step < total_steps:
+      epoch, epoch_step = divmod(step, steps_per_epoch)
+      for batch in data.epoch_batches(train_images, config.batch_size,
+                                      config.seed, epoch, epoch_step):
+        terms = train_step(batch, tf.constant(step, tf.int64))
+        interval_sums.assign_add(terms)
+        epoch_sums.assign_add(terms)
+        step += 1
+        if step % config.log_every == 0 or step == total_steps:
+          guard.check()
+          since_log = step - (step - 1) // config.log_every * config.log_every
+          train_metrics = dict(zip(_TERMS,
+                                   (interval_sums / since_log).numpy()))
+          interval_sums.assign(tf.zeros_like(interval_sums))
+          elapsed = time.perf_counter() - interval_start_time
+          examples_per_second = ((step - interval_start_step) *
+                                 config.batch_size / elapsed)
+          interval_start_time, interval_start_step = time.perf_counter(), step
+          _write_scalars(train_writer, step, {
+              **train_metrics,
+              'learning_rate': float(optimizer.learning_rate.numpy()),
+              'examples_per_second': examples_per_second,
+          })
+          progress.update(step - start_step,
+                          [('epoch', epoch + 1), *train_metrics.items()])
+        if step % config.image_every == 0:
+          images.write_image_summaries(train_writer, step, pictures())
+        if step % steps_per_epoch == 0:
+          guard.check()
+          epoch_metrics = dict(zip(
+              _TERMS, (epoch_sums / steps_per_epoch).numpy()))
+          epoch_sums.assign(tf.zeros_like(epoch_sums))
+          test_metrics = evaluate(eval_step, test_batches, config.seed)
+          _write_scalars(train_writer, step,
+                         {f'epoch/{k}': v for k, v in epoch_metrics.items()})
+          _write_scalars(test_writer, step, test_metrics)
+          logging.info('Epoch %d (step %d): train %s; test %s', epoch + 1,
+                       step, _format(epoch_metrics), _format(test_metrics))
+        if (step % config.checkpoint_every == 0 or
+            step % steps_per_epoch == 0 or stop_signals):
+          save()
+          last_saved_step = step
+        if stop_signals:
+          raise TrainingInterrupted(step, stop_signals[0])
+        if step >= total_steps:
+          break
   if step != last_saved_step:
-    manager.save(checkpoint_number=step)
+    save()
   if not test_metrics:
     test_metrics = evaluate(eval_step, test_batches, config.seed)
     _write_scalars(test_writer, step, test_metrics)
-  pictures = _decoded_images(model, grid_inputs, prior_z, figure_seed)
-  _write_images(train_writer, step, pictures)
-  _write_figures(workdir, pictures)
+  final_pictures = pictures()
+  images.write_image_summaries(train_writer, step, final_pictures)
+  images.write_figures(workdir, final_pictures)
   logging.info('Done at step %d: test %s', step, _format(test_metrics))
   return {'train': train_metrics, 'test': test_metrics}
-
-
-def _format(metrics: Dict[str, float]) -> str:
-  return ', '.join(f'{k} {v:.2f}' for k, v in metrics.items())

@@ -10,7 +10,8 @@ From local copies of the standard files, and only a few steps:
   python experiments/train.py --workdir=/tmp/elbo/smoke \
       --data_dir=../shared/datasets --max_steps=50
 
-Run it again with the same --workdir to resume. TensorBoard:
+Run it again with the same --workdir to resume. SIGTERM or Ctrl-C stop it
+after the current step with a checkpoint and exit status 75. TensorBoard:
 
   tensorboard --logdir=/tmp/elbo
 """
@@ -22,11 +23,15 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from elbo import checkpoints
 from elbo import data
 from elbo import losses
 from elbo import train
 
 _DEFAULTS = train.Config()
+# Exit status after SIGTERM / SIGINT, once the checkpoint is written: "try
+# again" (EX_TEMPFAIL), for job schedulers that requeue on it.
+EXIT_INTERRUPTED = 75
 
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Directory for checkpoints, TensorBoard events and '
@@ -101,8 +106,12 @@ def main(argv):
   logging.info('Config: %s', config)
   try:
     train.train_and_evaluate(config, _WORKDIR.value)
-  except data.DataError as e:
-    sys.exit(f'Data error: {e}')
+  except train.TrainingInterrupted as e:
+    logging.warning('%s', e)
+    sys.exit(EXIT_INTERRUPTED)
+  except (data.DataError, checkpoints.CheckpointMismatchError,
+          train.NonFiniteError) as e:
+    sys.exit(f'Error: {e}')
 
 
 if __name__ == '__main__':
