@@ -102,7 +102,7 @@ def main(argv):
         keep_checkpoints=_KEEP_CHECKPOINTS.value,
         eval_batch_size=_EVAL_BATCH_SIZE.value)
   except ValueError as e:
-    raise app.UsageError(str(e))
+    sys.exit(f'Invalid flags: {e}')
   logging.info('Config: %s', config)
   try:
     train.train_and_evaluate(config, _WORKDIR.value)

@@ -1,16 +1,23 @@
 """Shared test fixtures: real MNIST from ../shared/datasets when present,
 otherwise small generated files in the same standard formats."""
 
+import glob
 import gzip
 import os
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATASETS = os.path.join(os.path.dirname(REPO_ROOT), 'shared',
                                'datasets')
+
+
+TRAIN_BINARY = os.path.join(REPO_ROOT, 'experiments', 'train.py')
 
 
 def have_real_data() -> bool:
@@ -68,3 +75,28 @@ def data_dir(tmp_path_factory) -> str:
   if have_real_data():
     return SHARED_DATASETS
   return make_fake_datasets(str(tmp_path_factory.mktemp('datasets')))
+
+
+def binary_command(*flags: str):
+  """argv and environment to run the train binary on the working tree."""
+  env = dict(os.environ, PYTHONPATH=REPO_ROOT, TF_CPP_MIN_LOG_LEVEL='2')
+  return [sys.executable, TRAIN_BINARY, *flags], env
+
+
+def run_binary(*flags: str) -> subprocess.CompletedProcess:
+  argv, env = binary_command(*flags)
+  return subprocess.run(argv, env=env, capture_output=True, text=True,
+                        timeout=600)
+
+
+def read_events(directory: str):
+  """(tag, step, value-or-None) for every summary in a TensorBoard dir, in
+  the order written."""
+  rows = []
+  for path in sorted(glob.glob(os.path.join(directory, 'events.out.*'))):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        tensor = tf.make_ndarray(value.tensor)
+        scalar = float(tensor) if tensor.ndim == 0 else None
+        rows.append((value.tag, event.step, scalar))
+  return rows

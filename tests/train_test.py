@@ -1,9 +1,6 @@
 """End-to-end tests of the training loop and the train binary."""
 
-import glob
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -15,27 +12,7 @@ from elbo import models
 from elbo import train
 import conftest
 
-_BINARY = os.path.join(conftest.REPO_ROOT, 'experiments', 'train.py')
 _BLOG_START = 784 * np.log(2)  # -ELBO of a decoder that outputs p = 0.5.
-
-
-def _run_binary(*flags: str) -> subprocess.CompletedProcess:
-  env = dict(os.environ, PYTHONPATH=conftest.REPO_ROOT,
-             TF_CPP_MIN_LOG_LEVEL='2')
-  return subprocess.run([sys.executable, _BINARY, *flags], env=env,
-                        capture_output=True, text=True, timeout=600)
-
-
-def _events(directory: str):
-  """(tag, step, value-or-None) for every summary in a TensorBoard dir."""
-  rows = []
-  for path in sorted(glob.glob(os.path.join(directory, 'events.out.*'))):
-    for event in tf.compat.v1.train.summary_iterator(path):
-      for value in event.summary.value:
-        tensor = tf.make_ndarray(value.tensor)
-        scalar = float(tensor) if tensor.ndim == 0 else None
-        rows.append((value.tag, event.step, scalar))
-  return rows
 
 
 def test_binary_trains_logs_and_resumes(data_dir, tmp_path):
@@ -43,11 +20,11 @@ def test_binary_trains_logs_and_resumes(data_dir, tmp_path):
   common = ['--workdir', workdir, '--data_dir', data_dir, '--batch_size=64',
             '--log_every=10', '--image_every=20', '--checkpoint_every=20',
             '--eval_batch_size=1000']
-  first = _run_binary(*common, '--max_steps=40')
+  first = conftest.run_binary(*common, '--max_steps=40')
   assert first.returncode == 0, first.stderr[-3000:]
 
-  train_events = _events(os.path.join(workdir, 'train'))
-  test_events = _events(os.path.join(workdir, 'test'))
+  train_events = conftest.read_events(os.path.join(workdir, 'train'))
+  test_events = conftest.read_events(os.path.join(workdir, 'test'))
   train_tags = {tag for tag, _, _ in train_events}
   assert {'elbo', 'reconstruction', 'kl', 'learning_rate',
           'examples_per_second'} <= train_tags
@@ -69,44 +46,15 @@ def test_binary_trains_logs_and_resumes(data_dir, tmp_path):
     png = tf.io.decode_png(tf.io.read_file(os.path.join(workdir, name)))
     assert png.shape == (rows * 28, 16 * 28, 1)
 
-  second = _run_binary(*common, '--max_steps=60')
+  second = conftest.run_binary(*common, '--max_steps=60')
   assert second.returncode == 0, second.stderr[-3000:]
   assert 'Restored' in second.stderr and 'ckpt-40' in second.stderr
   assert tf.train.latest_checkpoint(
       os.path.join(workdir, 'checkpoints')).endswith('ckpt-60')
   steps = sorted({step for tag, step, _ in
-                  _events(os.path.join(workdir, 'train')) if tag == 'elbo'})
+                  conftest.read_events(os.path.join(workdir, 'train'))
+                  if tag == 'elbo'})
   assert steps == [10, 20, 30, 40, 50, 60]  # No step logged twice.
-
-
-@pytest.mark.parametrize('flag,message', [
-    ('--batch_size=0', 'batch_size must be >= 1'),
-    ('--learning_rate=-1', 'learning_rate must be > 0'),
-    ('--kl=exact', "flag --kl=exact: value should be one of"),
-    ('--dataset=cifar10', 'flag --dataset=cifar10: value should be one of'),
-    ('--data_dir=/nonexistent', "data_dir '/nonexistent' is not a directory"),
-])
-def test_bad_flags_fail_at_start_up(tmp_path, flag, message):
-  result = _run_binary('--workdir', str(tmp_path / 'run'), flag)
-  assert result.returncode != 0
-  assert message in result.stderr
-  assert 'Traceback' not in result.stderr
-  assert not os.path.exists(tmp_path / 'run')
-
-
-def test_workdir_that_is_a_file_and_bad_data_fail_cleanly(tmp_path):
-  a_file = tmp_path / 'file'
-  a_file.write_text('')
-  result = _run_binary('--workdir', str(a_file))
-  assert result.returncode != 0
-  assert 'workdir exists and is not a directory' in result.stderr
-  (tmp_path / 'data').mkdir()
-  (tmp_path / 'data' / 'train-images-idx3-ubyte.gz').write_bytes(b'junk')
-  result = _run_binary('--workdir', str(tmp_path / 'run'),
-                       '--data_dir', str(tmp_path / 'data'))
-  assert result.returncode != 0
-  assert 'train-images-idx3-ubyte.gz: cannot read' in result.stderr
-  assert 'Traceback' not in result.stderr
 
 
 def test_xla_and_default_steps_compute_the_same_loss(data_dir):
