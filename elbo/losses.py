@@ -17,7 +17,7 @@ functions return per-example values (shape `B`); the caller takes the mean.
      Autoencoders. https://arxiv.org/abs/1509.00519
 """
 
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional, Tuple
 
 import tensorflow as tf
 import tensorflow_probability as tfp
@@ -28,8 +28,10 @@ __all__ = [
     'KL_METHODS',
     'ElboTerms',
     'elbo',
+    'elbo_and_importance_weighted_bound',
     'importance_weighted_bound',
     'kl_divergence',
+    'kl_weight',
 ]
 
 KL_METHODS = ('analytic', 'mc')
@@ -163,12 +165,53 @@ def importance_weighted_bound(observations: tf.Tensor,
     bound: `Tensor` of shape `B`.
   """
   with tf.name_scope(name or 'importance_weighted_bound'):
+    _, bound = elbo_and_importance_weighted_bound(
+        observations, approx_posterior, decoder_likelihood_fn, latent_prior,
+        num_samples, seed)
+    return bound
+
+
+def elbo_and_importance_weighted_bound(
+    observations: tf.Tensor,
+    approx_posterior: tfd.Distribution,
+    decoder_likelihood_fn: DecoderFn,
+    latent_prior: tfd.Distribution,
+    num_samples: int,
+    seed=None,
+    name: Optional[str] = None) -> Tuple[ElboTerms, tf.Tensor]:
+  """The ELBO terms (Monte Carlo KL) and L_k from the same k samples.
+
+  For training on L_k while logging the ELBO's two terms, or evaluating both
+  at the cost of one. Arguments as for `importance_weighted_bound`.
+
+  Returns:
+    terms: `ElboTerms` averaged over the k samples, shape `B` each.
+    bound: L_k, shape `B`.
+  """
+  with tf.name_scope(name or 'elbo_and_importance_weighted_bound'):
     z, log_likelihood = _sample_log_likelihood(
         observations, approx_posterior, decoder_likelihood_fn, num_samples,
         seed)
-    log_weights = (log_likelihood + latent_prior.log_prob(z) -
-                   approx_posterior.log_prob(z))
-    return tfp.math.reduce_logmeanexp(log_weights, axis=0)
+    log_ratio = approx_posterior.log_prob(z) - latent_prior.log_prob(z)
+    reconstruction = tf.reduce_mean(log_likelihood, axis=0)
+    kl = tf.reduce_mean(log_ratio, axis=0)
+    terms = ElboTerms(elbo=reconstruction - kl,
+                      reconstruction=reconstruction, kl=kl)
+    bound = tfp.math.reduce_logmeanexp(log_likelihood - log_ratio, axis=0)
+    return terms, bound
+
+
+def kl_weight(step: tf.Tensor, final_weight: float = 1.0,
+              warmup_steps: int = 0) -> tf.Tensor:
+  """The KL weight beta at `step`, rising linearly from 0 to `final_weight`
+  over `warmup_steps` (KL annealing); `final_weight` at once if 0.
+
+  Train on `reconstruction - kl_weight(...) * kl`; beta = 1 is the ELBO.
+  """
+  if warmup_steps <= 0:
+    return tf.constant(final_weight, tf.float32)
+  fraction = tf.cast(step, tf.float32) / float(warmup_steps)
+  return final_weight * tf.minimum(fraction, 1.0)
 
 
 def _sample_log_likelihood(observations, approx_posterior,

@@ -16,7 +16,7 @@ import tensorflow_probability as tfp
 tfd = tfp.distributions
 tfb = tfp.bijectors
 
-__all__ = ['IMAGE_SHAPE', 'LATENT_DIM', 'VAE']
+__all__ = ['IMAGE_SHAPE', 'LATENT_DIM', 'PRIORS', 'VAE']
 
 IMAGE_SHAPE = (28, 28, 1)
 LATENT_DIM = 16
@@ -24,6 +24,9 @@ _BASE_DEPTH = 32
 # Keeps the posterior's scale diagonal positive by construction, as
 # tfp.layers.MultivariateNormalTriL does: softplus(x) + 1e-5.
 _SCALE_DIAG_SHIFT = 1e-5
+# 'normal': the blog's fixed N(0, I). 'mixture': a learned mixture of
+# diagonal Gaussians, as in TFP's former examples/vae.py.
+PRIORS = ('normal', 'mixture')
 
 
 def _num_tril_params(latent_dim: int) -> int:
@@ -33,11 +36,16 @@ def _num_tril_params(latent_dim: int) -> int:
 
 def make_encoder_network(image_shape: Sequence[int] = IMAGE_SHAPE,
                          latent_dim: int = LATENT_DIM,
-                         base_depth: int = _BASE_DEPTH) -> keras.Sequential:
-  """Images centred at 0 -> parameters of q(z | x) (152 for 16 latents)."""
+                         base_depth: int = _BASE_DEPTH,
+                         precision: str = 'float32') -> keras.Sequential:
+  """Images centred at 0 -> parameters of q(z | x) (152 for 16 latents).
+
+  `precision` is the Keras dtype policy of the convolutions, e.g.
+  'mixed_bfloat16'; the head always computes in float32.
+  """
   conv = lambda depth, kernel, strides=1, padding='same': keras.layers.Conv2D(
       depth, kernel, strides=strides, padding=padding,
-      activation='leaky_relu')
+      activation='leaky_relu', dtype=precision)
   return keras.Sequential([
       keras.Input(shape=image_shape),
       conv(base_depth, 5),
@@ -54,11 +62,16 @@ def make_encoder_network(image_shape: Sequence[int] = IMAGE_SHAPE,
 
 def make_decoder_network(image_shape: Sequence[int] = IMAGE_SHAPE,
                          latent_dim: int = LATENT_DIM,
-                         base_depth: int = _BASE_DEPTH) -> keras.Sequential:
-  """Latents of shape [N, latent_dim] -> Bernoulli logits [N, 28, 28, 1]."""
+                         base_depth: int = _BASE_DEPTH,
+                         precision: str = 'float32') -> keras.Sequential:
+  """Latents of shape [N, latent_dim] -> Bernoulli logits [N, 28, 28, 1].
+
+  The last convolution, which makes the logits, computes in float32.
+  """
   deconv = lambda depth, kernel, strides=1, padding='same': (
       keras.layers.Conv2DTranspose(depth, kernel, strides=strides,
-                                   padding=padding, activation='leaky_relu'))
+                                   padding=padding, activation='leaky_relu',
+                                   dtype=precision))
   return keras.Sequential([
       keras.Input(shape=(latent_dim,)),
       keras.layers.Reshape((1, 1, latent_dim)),
@@ -78,24 +91,57 @@ class VAE(keras.Model):
 
   The three distributions are exposed separately so the losses in
   `elbo.losses` can combine them; `call` is not used for training.
+  `prior='mixture'` swaps the fixed prior for a learned mixture of
+  `prior_components` diagonal Gaussians (KL to it has no closed form).
+  `precision='mixed_bfloat16'` runs the convolutions in bfloat16 with
+  float32 variables; the distributions are always float32.
   """
 
   def __init__(self,
                image_shape: Sequence[int] = IMAGE_SHAPE,
                latent_dim: int = LATENT_DIM,
                base_depth: int = _BASE_DEPTH,
+               prior: str = 'normal',
+               prior_components: int = 100,
+               precision: str = 'float32',
                **kwargs):
     super().__init__(**kwargs)
+    if prior not in PRIORS:
+      raise ValueError(f'prior must be one of {PRIORS}, got {prior!r}.')
     self.image_shape = tuple(image_shape)
     self.latent_dim = latent_dim
-    self.encoder = make_encoder_network(image_shape, latent_dim, base_depth)
-    self.decoder = make_decoder_network(image_shape, latent_dim, base_depth)
+    self.prior = prior
+    self.encoder = make_encoder_network(image_shape, latent_dim, base_depth,
+                                        precision)
+    self.decoder = make_decoder_network(image_shape, latent_dim, base_depth,
+                                        precision)
     self._fill_scale_tril = tfb.FillScaleTriL(diag_shift=_SCALE_DIAG_SHIFT)
+    if prior == 'mixture':
+      self.prior_logits = self.add_weight(
+          shape=(prior_components,), initializer='zeros', name='prior_logits')
+      self.prior_locs = self.add_weight(
+          shape=(prior_components, latent_dim),
+          initializer=keras.initializers.RandomNormal(seed=0),
+          name='prior_locs')
+      # softplus(0.5413) = 1: components start with unit scale.
+      self.prior_raw_scales = self.add_weight(
+          shape=(prior_components, latent_dim),
+          initializer=keras.initializers.Constant(0.5413),
+          name='prior_raw_scales')
 
-  def latent_prior(self) -> tfd.MultivariateNormalDiag:
-    """p(z) = N(0, I), as an MVN so that KL(q || p) has a closed form."""
-    return tfd.MultivariateNormalDiag(
-        loc=tf.zeros([self.latent_dim]), scale_diag=tf.ones([self.latent_dim]))
+  def latent_prior(self) -> tfd.Distribution:
+    """p(z): N(0, I) as an MVN (so KL(q || p) has a closed form), or the
+    learned mixture."""
+    if self.prior == 'normal':
+      return tfd.MultivariateNormalDiag(
+          loc=tf.zeros([self.latent_dim]),
+          scale_diag=tf.ones([self.latent_dim]))
+    return tfd.MixtureSameFamily(
+        mixture_distribution=tfd.Categorical(logits=self.prior_logits),
+        components_distribution=tfd.MultivariateNormalDiag(
+            loc=self.prior_locs,
+            scale_diag=tf.nn.softplus(self.prior_raw_scales) +
+            _SCALE_DIAG_SHIFT))
 
   def approx_posterior(self, images: tf.Tensor) -> tfd.MultivariateNormalTriL:
     """q(z | x) for images in [0, 1] of shape [N, 28, 28, 1]."""

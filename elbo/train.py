@@ -12,8 +12,6 @@ checkpoint (`TrainingInterrupted`); a non-finite loss term or gradient stops
 it (`NonFiniteError`) before any checkpoint of the bad state is written.
 """
 
-import dataclasses
-import json
 import os
 import time
 from typing import Dict, Optional
@@ -24,66 +22,26 @@ import numpy as np
 import tensorflow as tf
 
 from elbo import checkpoints
+from elbo import config as config_lib
 from elbo import data
 from elbo import images
 from elbo import interrupts
 from elbo import losses
 from elbo import models
 
-__all__ = ['Config', 'JIT_COMPILE_CHOICES', 'NonFiniteError',
-           'NonFiniteGuard', 'TrainingInterrupted', 'evaluate',
-           'make_eval_step', 'make_train_step', 'resolve_jit_compile',
-           'train_and_evaluate']
+__all__ = ['Config', 'NonFiniteError', 'NonFiniteGuard',
+           'TrainingInterrupted', 'evaluate', 'make_eval_step',
+           'make_train_step', 'resolve_jit_compile', 'train_and_evaluate']
 
-JIT_COMPILE_CHOICES = ('auto', 'true', 'false')
+Config = config_lib.Config
 _TERMS = losses.ElboTerms._fields  # ('elbo', 'reconstruction', 'kl')
-_GUARDED = _TERMS + ('gradients',)
+# Logged during training: the ELBO terms and the objective maximized (the
+# ELBO itself, beta-weighted during KL warm-up, or the IWAE bound).
+_TRAIN_METRICS = _TERMS + ('objective',)
+_GUARDED = _TRAIN_METRICS + ('gradients',)
 _NUM_GRID_IMAGES = 16
 # Stream ids folded into the run seed, so each random use has its own stream.
 _LATENT_STREAM, _EVAL_STREAM, _FIGURE_STREAM = 1, 2, 3
-
-
-@dataclasses.dataclass(frozen=True)
-class Config:
-  """Everything that defines a training run. Defaults: the blog's setup."""
-  dataset: str = 'mnist'
-  data_dir: Optional[str] = None  # None: TFDS; else a dir of standard files.
-  epochs: int = 15
-  batch_size: int = 256
-  learning_rate: float = 1e-3
-  kl: str = 'analytic'  # 'analytic' or 'mc'.
-  num_samples: int = 1  # Latent samples per example in the ELBO.
-  seed: int = 0
-  jit_compile: str = 'auto'  # 'auto': XLA iff a GPU or TPU is present.
-  max_steps: int = 0  # 0: no cap beyond `epochs`.
-  log_every: int = 50
-  image_every: int = 500
-  checkpoint_every: int = 500
-  keep_checkpoints: int = 3
-  eval_batch_size: int = 500
-
-  def __post_init__(self):
-    if self.dataset not in data.DATASETS:
-      raise ValueError(f'dataset must be one of {data.DATASETS}, got '
-                       f'{self.dataset!r}.')
-    if self.kl not in losses.KL_METHODS:
-      raise ValueError(f'kl must be one of {losses.KL_METHODS}, got '
-                       f'{self.kl!r}.')
-    if self.jit_compile not in JIT_COMPILE_CHOICES:
-      raise ValueError(f'jit_compile must be one of {JIT_COMPILE_CHOICES}, '
-                       f'got {self.jit_compile!r}.')
-    for name in ('epochs', 'batch_size', 'num_samples', 'log_every',
-                 'image_every', 'checkpoint_every', 'keep_checkpoints',
-                 'eval_batch_size'):
-      if getattr(self, name) < 1:
-        raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}.')
-    if self.max_steps < 0:
-      raise ValueError(f'max_steps must be >= 0, got {self.max_steps}.')
-    if not self.learning_rate > 0:
-      raise ValueError(
-          f'learning_rate must be > 0, got {self.learning_rate}.')
-    if self.data_dir is not None and not os.path.isdir(self.data_dir):
-      raise ValueError(f'data_dir {self.data_dir!r} is not a directory.')
 
 
 def resolve_jit_compile(jit_compile: str) -> bool:
@@ -123,9 +81,8 @@ class NonFiniteGuard(tf.Module):
     self.bad = tf.Variable(tf.zeros([len(_GUARDED)], tf.bool),
                            trainable=False)
 
-  def observe(self, step: tf.Tensor, mean_terms: tf.Tensor,
-              gradients) -> None:
-    finite = tf.concat([tf.math.is_finite(mean_terms),
+  def observe(self, step: tf.Tensor, metrics: tf.Tensor, gradients) -> None:
+    finite = tf.concat([tf.math.is_finite(metrics),
                         [tf.math.is_finite(tf.linalg.global_norm(gradients))]],
                        axis=0)
 
@@ -156,19 +113,28 @@ def _batch_elbo(model: models.VAE, batch: tf.Tensor, config: Config,
                      seed=seed)
 
 
-def _mean_terms(terms: losses.ElboTerms) -> tf.Tensor:
-  """[elbo, reconstruction, kl], each averaged over the batch."""
-  return tf.stack([tf.reduce_mean(t) for t in terms])
+def _objective(model: models.VAE, batch: tf.Tensor, config: Config,
+               seed: tf.Tensor, step: tf.Tensor):
+  """Per-example ELBO terms and the objective to maximize."""
+  if config.objective == 'iwae':
+    return losses.elbo_and_importance_weighted_bound(
+        batch, model.approx_posterior(batch), model.decoder_likelihood,
+        model.latent_prior(), num_samples=config.num_samples, seed=seed)
+  terms = _batch_elbo(model, batch, config, seed)
+  beta = losses.kl_weight(step, config.kl_weight, config.kl_warmup_steps)
+  return terms, terms.reconstruction - beta * terms.kl
 
 
 def make_train_step(model: models.VAE, optimizer: keras.optimizers.Optimizer,
                     config: Config, jit_compile: bool,
                     guard: Optional[NonFiniteGuard] = None):
-  """Returns `train_step(batch, step) -> [elbo, reconstruction, kl]`.
+  """Returns `train_step(batch, step) -> [elbo, reconstruction, kl,
+  objective]`, batch means.
 
-  The loss is the negative ELBO averaged over the batch; its terms come back
-  as batch means for logging. `step` (int64 scalar, the global step) keys
-  the latent draws, so a step computes the same thing whenever it runs.
+  The loss is minus the objective (`config.objective`) averaged over the
+  batch; the ELBO's terms come back separately for logging. `step` (int64
+  scalar, the global step) keys the latent draws, so a step computes the
+  same thing whenever it runs.
   """
   latent_seed = tf.constant([config.seed, _LATENT_STREAM], tf.int32)
 
@@ -177,15 +143,15 @@ def make_train_step(model: models.VAE, optimizer: keras.optimizers.Optimizer,
     seed = tf.random.experimental.stateless_fold_in(
         latent_seed, tf.cast(step, tf.int32))
     with tf.GradientTape() as tape:
-      terms = _batch_elbo(model, batch, config, seed)
-      loss = -tf.reduce_mean(terms.elbo)
+      terms, objective = _objective(model, batch, config, seed, step)
+      loss = -tf.reduce_mean(objective)
     variables = model.trainable_variables
     gradients = tape.gradient(loss, variables)
-    mean_terms = _mean_terms(terms)
+    metrics = tf.stack([tf.reduce_mean(t) for t in (*terms, objective)])
     if guard is not None:
-      guard.observe(step, mean_terms, gradients)
+      guard.observe(step, metrics, gradients)
     optimizer.apply_gradients(zip(gradients, variables))
-    return mean_terms
+    return metrics
 
   return train_step
 
@@ -220,22 +186,6 @@ def _write_scalars(writer, step: int, values: Dict[str, float]) -> None:
     for name, value in values.items():
       tf.summary.scalar(name, value)
   writer.flush()
-
-
-def _save_config(workdir: str, config: Config) -> None:
-  """Writes config.json; warns when a resumed run changed the config."""
-  path = os.path.join(workdir, 'config.json')
-  current = dataclasses.asdict(config)
-  if tf.io.gfile.exists(path):
-    with tf.io.gfile.GFile(path) as f:
-      previous = json.load(f)
-    changed = {k: (previous.get(k), v) for k, v in current.items()
-               if previous.get(k) != v}
-    if changed:
-      logging.warning('Config differs from the run in %s (old, new): %s',
-                      workdir, changed)
-  with tf.io.gfile.GFile(path, 'w') as f:
-    json.dump(current, f, indent=2)
 
 
 def _format(metrics: Dict[str, float]) -> str:
@@ -273,19 +223,21 @@ def train_and_evaluate(config: Config,
     total_steps = min(total_steps, config.max_steps)
 
   keras.utils.set_random_seed(config.seed)  # Weight initialization.
-  model = models.VAE()
-  optimizer = keras.optimizers.Adam(config.learning_rate)
+  model = config_lib.build_model(config)
+  optimizer = keras.optimizers.Adam(
+      config_lib.learning_rate(config, steps_per_epoch))
   optimizer.build(model.trainable_variables)
-  # Running sums of the batch-mean terms, checkpointed with the model so a
+  # Running sums of the batch-mean metrics, checkpointed with the model so a
   # resumed run logs the same averages as an uninterrupted one.
-  interval_sums = tf.Variable(tf.zeros([len(_TERMS)]), trainable=False)
-  epoch_sums = tf.Variable(tf.zeros([len(_TERMS)]), trainable=False)
+  interval_sums = tf.Variable(tf.zeros([len(_TRAIN_METRICS)]),
+                              trainable=False)
+  epoch_sums = tf.Variable(tf.zeros([len(_TRAIN_METRICS)]), trainable=False)
   manager = checkpoints.make_manager(
       workdir, config.keep_checkpoints, model=model, optimizer=optimizer,
       interval_sums=interval_sums, epoch_sums=epoch_sums)
   checkpoints.restore_latest(manager)
   tf.io.gfile.makedirs(workdir)
-  _save_config(workdir, config)
+  config_lib.save(workdir, config)
   step = int(optimizer.iterations.numpy())
 
   jit_compile = resolve_jit_compile(config.jit_compile)
@@ -311,7 +263,7 @@ def train_and_evaluate(config: Config,
 
   start_step = last_saved_step = step
   progress = keras.utils.Progbar(max(total_steps - start_step, 1),
-                                 stateful_metrics=('epoch',) + _TERMS)
+                                 stateful_metrics=('epoch',) + _TRAIN_METRICS)
   train_metrics, test_metrics = {}, {}
   interval_start_time, interval_start_step = time.perf_counter(), step
   with interrupts.deferred_signals() as stop_signals:
@@ -326,7 +278,7 @@ def train_and_evaluate(config: Config,
         if step % config.log_every == 0 or step == total_steps:
           guard.check()
           since_log = step - (step - 1) // config.log_every * config.log_every
-          train_metrics = dict(zip(_TERMS,
+          train_metrics = dict(zip(_TRAIN_METRICS,
                                    (interval_sums / since_log).numpy()))
           interval_sums.assign(tf.zeros_like(interval_sums))
           elapsed = time.perf_counter() - interval_start_time
@@ -345,7 +297,7 @@ def train_and_evaluate(config: Config,
         if step % steps_per_epoch == 0:
           guard.check()
           epoch_metrics = dict(zip(
-              _TERMS, (epoch_sums / steps_per_epoch).numpy()))
+              _TRAIN_METRICS, (epoch_sums / steps_per_epoch).numpy()))
           epoch_sums.assign(tf.zeros_like(epoch_sums))
           test_metrics = evaluate(eval_step, test_batches, config.seed)
           _write_scalars(train_writer, step,

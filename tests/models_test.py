@@ -62,3 +62,28 @@ def test_call_reconstructs_in_unit_interval():
   out = model(tf.zeros([2, 28, 28, 1])).numpy()
   assert out.shape == (2, 28, 28, 1)
   assert np.all((out > 0) & (out < 1))
+
+
+def test_mixture_prior_normalizes_and_is_learnable():
+  """Integrates exp(log_prob) of a 2-D mixture prior on a grid."""
+  model = models.VAE(latent_dim=2, prior='mixture', prior_components=5)
+  prior = model.latent_prior()
+  assert isinstance(prior, tfd.MixtureSameFamily)
+  assert prior.event_shape == (2,)
+  names = {v.path.split('/')[-1] for v in model.trainable_variables}
+  assert {'prior_logits', 'prior_locs', 'prior_raw_scales'} <= names
+  grid = np.linspace(-9, 9, 721).astype(np.float32)
+  zz = np.stack(np.meshgrid(grid, grid), axis=-1).reshape(-1, 2)
+  density = np.exp(prior.log_prob(zz).numpy())
+  cell = (grid[1] - grid[0]) ** 2
+  np.testing.assert_allclose(density.sum() * cell, 1.0, rtol=1e-3)
+
+
+def test_mixed_bfloat16_computes_convolutions_in_bfloat16():
+  model = models.VAE(precision='mixed_bfloat16')
+  assert model.encoder.layers[0].compute_dtype == 'bfloat16'
+  assert all(v.dtype == 'float32' for v in model.trainable_variables)
+  q = model.approx_posterior(tf.zeros([2, 28, 28, 1]))
+  assert q.dtype == tf.float32
+  likelihood = model.decoder_likelihood(q.sample(seed=(1, 2)))
+  assert likelihood.distribution.logits.dtype == tf.float32
