@@ -32,6 +32,7 @@ __all__ = [
     'importance_weighted_bound',
     'kl_divergence',
     'kl_weight',
+    'log_likelihood_and_ratio',
 ]
 
 KL_METHODS = ('analytic', 'mc')
@@ -189,16 +190,42 @@ def elbo_and_importance_weighted_bound(
     bound: L_k, shape `B`.
   """
   with tf.name_scope(name or 'elbo_and_importance_weighted_bound'):
-    z, log_likelihood = _sample_log_likelihood(
-        observations, approx_posterior, decoder_likelihood_fn, num_samples,
-        seed)
-    log_ratio = approx_posterior.log_prob(z) - latent_prior.log_prob(z)
+    log_likelihood, log_ratio = log_likelihood_and_ratio(
+        observations, approx_posterior, decoder_likelihood_fn, latent_prior,
+        num_samples, seed)
     reconstruction = tf.reduce_mean(log_likelihood, axis=0)
     kl = tf.reduce_mean(log_ratio, axis=0)
     terms = ElboTerms(elbo=reconstruction - kl,
                       reconstruction=reconstruction, kl=kl)
     bound = tfp.math.reduce_logmeanexp(log_likelihood - log_ratio, axis=0)
     return terms, bound
+
+
+def log_likelihood_and_ratio(observations: tf.Tensor,
+                             approx_posterior: tfd.Distribution,
+                             decoder_likelihood_fn: DecoderFn,
+                             latent_prior: tfd.Distribution,
+                             num_samples: int,
+                             seed=None) -> Tuple[tf.Tensor, tf.Tensor]:
+  """The pieces every bound here is made of, for `z_s ~ q(z | x)`:
+
+  ```none
+  log_likelihood[s] = log p(x | z_s)
+  log_ratio[s]      = log q(z_s | x) - log p(z_s)
+  log weight        = log_likelihood - log_ratio
+  ```
+
+  Use it to compute a bound over many samples in chunks (e.g. L_5000 with
+  a running log-sum-exp). Arguments as for `importance_weighted_bound`.
+
+  Returns:
+    log_likelihood, log_ratio: `Tensor`s of shape `[num_samples] + B`.
+  """
+  z, log_likelihood = _sample_log_likelihood(
+      observations, approx_posterior, decoder_likelihood_fn, num_samples,
+      seed)
+  return (log_likelihood,
+          approx_posterior.log_prob(z) - latent_prior.log_prob(z))
 
 
 def kl_weight(step: tf.Tensor, final_weight: float = 1.0,

@@ -18,7 +18,6 @@ after the current step with a checkpoint and exit status 75. TensorBoard:
 Every flag is a field of `elbo.config.Config`, with the same default.
 """
 
-import dataclasses
 import os
 import sys
 
@@ -29,6 +28,7 @@ from absl import logging
 from elbo import checkpoints
 from elbo import config as config_lib
 from elbo import data
+from elbo import flag_utils
 from elbo import train
 
 # Exit status after SIGTERM / SIGINT, once the checkpoint is written: "try
@@ -73,24 +73,10 @@ _HELP = {
 }
 
 
-def define_config_flags() -> None:
-  """One flag per Config field, with the field's default."""
-  for field in dataclasses.fields(config_lib.Config):
-    name, default, help_text = field.name, field.default, _HELP[field.name]
-    if name in config_lib.CHOICES:
-      flags.DEFINE_enum(name, default, config_lib.CHOICES[name], help_text)
-    elif field.type is int:
-      flags.DEFINE_integer(name, default, help_text)
-    elif field.type is float:
-      flags.DEFINE_float(name, default, help_text)
-    else:
-      flags.DEFINE_string(name, default, help_text)
-
-
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Directory for checkpoints, TensorBoard events and '
     'figures. An existing run there is resumed.', required=True)
-define_config_flags()
+flag_utils.define_dataclass_flags(config_lib.Config, _HELP, config_lib.CHOICES)
 flags.register_validator(
     'workdir', lambda path: not os.path.exists(path) or os.path.isdir(path),
     message='--workdir exists and is not a directory.')
@@ -100,9 +86,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   try:
-    config = config_lib.Config(**{
-        field.name: flags.FLAGS[field.name].value
-        for field in dataclasses.fields(config_lib.Config)})
+    config = flag_utils.dataclass_from_flags(config_lib.Config)
   except ValueError as e:
     sys.exit(f'Invalid flags: {e}')
   logging.info('Config: %s', config)

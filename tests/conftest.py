@@ -17,7 +17,6 @@ SHARED_DATASETS = os.path.join(os.path.dirname(REPO_ROOT), 'shared',
                                'datasets')
 
 
-TRAIN_BINARY = os.path.join(REPO_ROOT, 'experiments', 'train.py')
 
 
 def have_real_data() -> bool:
@@ -77,14 +76,17 @@ def data_dir(tmp_path_factory) -> str:
   return make_fake_datasets(str(tmp_path_factory.mktemp('datasets')))
 
 
-def binary_command(*flags: str):
-  """argv and environment to run the train binary on the working tree."""
+def binary_command(*flags: str, binary: str = 'train'):
+  """argv and environment to run experiments/{binary}.py from the working
+  tree."""
   env = dict(os.environ, PYTHONPATH=REPO_ROOT, TF_CPP_MIN_LOG_LEVEL='2')
-  return [sys.executable, TRAIN_BINARY, *flags], env
+  path = os.path.join(REPO_ROOT, 'experiments', binary + '.py')
+  return [sys.executable, path, *flags], env
 
 
-def run_binary(*flags: str) -> subprocess.CompletedProcess:
-  argv, env = binary_command(*flags)
+def run_binary(*flags: str, binary: str = 'train'
+               ) -> subprocess.CompletedProcess:
+  argv, env = binary_command(*flags, binary=binary)
   return subprocess.run(argv, env=env, capture_output=True, text=True,
                         timeout=600)
 

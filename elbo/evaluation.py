@@ -1,0 +1,224 @@
+"""Test-set evaluation of a trained run: the ELBO and log p(x) by importance
+sampling, with standard errors, in resumable chunks.
+
+k = 5000 importance samples over 10,000 test images is 50 million decoder
+passes (hours on a CPU), so the work is done a few examples at a time and
+the per-example results are saved after every chunk; a rerun continues
+where the last one stopped.
+
+For each test image x, from the same k samples z_s ~ q(z | x):
+
+```none
+reconstruction = mean_s log p(x | z_s)
+kl             = KL(q || p) in closed form (config.kl == 'analytic'),
+                 else mean_s [log q(z_s | x) - log p(z_s)]
+elbo           = reconstruction - kl
+log p(x) ~ L_k = log mean_s p(x | z_s) p(z_s) / q(z_s | x)    (a lower bound
+                 that tightens as k grows [Burda et al. 2015])
+```
+"""
+
+import dataclasses
+import json
+import math
+import os
+from typing import Dict, Optional
+
+from absl import logging
+import keras
+import numpy as np
+import tensorflow as tf
+
+from elbo import config as config_lib
+from elbo import data
+from elbo import losses
+from elbo import models
+
+__all__ = ['EvalConfig', 'evaluate_run', 'importance_sampled_terms',
+           'restore_model']
+
+_PER_EXAMPLE = ('reconstruction', 'kl', 'elbo', 'log_likelihood')
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  """How to evaluate: k, how much of the test set, how to chunk the work."""
+  num_samples: int = 5000  # k
+  num_examples: int = 0  # 0: the whole test split.
+  examples_per_call: int = 8
+  decoder_passes_per_call: int = 2048  # Bounds memory: samples x examples.
+  save_every: int = 256  # Examples between saves of partial results.
+  seed: int = 0
+  precision: str = 'float32'
+  data_dir: Optional[str] = None  # None: the run's own.
+
+  def __post_init__(self):
+    for name in ('num_samples', 'examples_per_call',
+                 'decoder_passes_per_call', 'save_every'):
+      if getattr(self, name) < 1:
+        raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}.')
+    if self.num_examples < 0:
+      raise ValueError(f'num_examples must be >= 0, got {self.num_examples}.')
+    if self.precision not in config_lib.PRECISIONS:
+      raise ValueError(f'precision must be one of {config_lib.PRECISIONS}.')
+
+
+def restore_model(workdir: str, precision: str = 'float32',
+                  **config_overrides):
+  """Rebuilds a run's model from its config.json and latest checkpoint.
+
+  Returns:
+    (model, config, step): the model with restored weights, the run's
+    Config, and the global step of the checkpoint.
+  """
+  config = config_lib.load(workdir, **config_overrides)
+  model = config_lib.build_model(config, precision=precision)
+  path = tf.train.latest_checkpoint(os.path.join(workdir, 'checkpoints'))
+  if path is None:
+    raise FileNotFoundError(f'{workdir}/checkpoints: no checkpoint to '
+                            'evaluate.')
+  # Only the model: the optimizer and metric sums in the file are not needed.
+  tf.train.Checkpoint(model=model).restore(
+      path).expect_partial().assert_existing_objects_matched()
+  return model, config, int(path.rsplit('-', 1)[1])
+
+
+def importance_sampled_terms(model: models.VAE, config: config_lib.Config,
+                             eval_config: EvalConfig):
+  """Returns `fn(images, seed) -> {name: [B] per-example values}` computing
+  the terms of the module docstring with k = eval_config.num_samples, in
+  chunks of samples so that at most `decoder_passes_per_call` decoder passes
+  are in memory at once."""
+  k = eval_config.num_samples
+  chunk = max(1, min(k, eval_config.decoder_passes_per_call //
+                     eval_config.examples_per_call))
+
+  @tf.function
+  def chunk_sums(images, seed, samples):
+    log_likelihood, log_ratio = losses.log_likelihood_and_ratio(
+        images, model.approx_posterior(images), model.decoder_likelihood,
+        model.latent_prior(), samples, seed)
+    return (tf.reduce_logsumexp(log_likelihood - log_ratio, axis=0),
+            tf.reduce_sum(log_likelihood, axis=0),
+            tf.reduce_sum(log_ratio, axis=0))
+
+  def terms(images, seed) -> Dict[str, np.ndarray]:
+    log_sum_exp = np.full([len(images)], -np.inf)
+    likelihood_sum = np.zeros([len(images)])
+    ratio_sum = np.zeros([len(images)])
+    for index, start in enumerate(range(0, k, chunk)):
+      chunk_seed = tf.random.experimental.stateless_fold_in(seed, index)
+      lse, likelihood, ratio = chunk_sums(images, chunk_seed,
+                                          min(chunk, k - start))
+      log_sum_exp = np.logaddexp(log_sum_exp, lse.numpy())
+      likelihood_sum += likelihood.numpy()
+      ratio_sum += ratio.numpy()
+    reconstruction = likelihood_sum / k
+    if config.kl == 'analytic':
+      kl = losses.kl_divergence(model.approx_posterior(images),
+                                model.latent_prior()).numpy()
+    else:
+      kl = ratio_sum / k
+    return {'reconstruction': reconstruction, 'kl': kl,
+            'elbo': reconstruction - kl,
+            'log_likelihood': log_sum_exp - math.log(k)}
+
+  return terms
+
+
+def _summary(values: Dict[str, np.ndarray]) -> Dict[str, Dict[str, float]]:
+  """Mean and standard error of the mean of each per-example quantity."""
+  n = len(values['elbo'])
+  return {name: {'mean': float(np.mean(v)),
+                 'stderr': float(np.std(v, ddof=1) / math.sqrt(n))
+                 if n > 1 else float('nan')}
+          for name, v in values.items()}
+
+
+def _save_partial(path: str, step: int, values) -> None:
+  """Atomic: a kill mid-write leaves the previous partial file intact."""
+  temporary = path + '.tmp.npz'
+  np.savez(temporary, step=step, **values)
+  os.replace(temporary, path)
+
+
+def _load_partial(path: str, step: int) -> Dict[str, np.ndarray]:
+  if not os.path.exists(path):
+    return {name: np.zeros([0]) for name in _PER_EXAMPLE}
+  with np.load(path) as saved:
+    if int(saved['step']) != step:
+      logging.warning('%s is from step %d, the checkpoint is at %d: '
+                      'starting over.', path, int(saved['step']), step)
+      return {name: np.zeros([0]) for name in _PER_EXAMPLE}
+    return {name: saved[name] for name in _PER_EXAMPLE}
+
+
+def evaluate_run(workdir: str, eval_config: EvalConfig) -> Dict:
+  """Evaluates the latest checkpoint in `workdir` on the test split.
+
+  Writes `evaluation_k{k}[_n{N}].json` (and TensorBoard scalars under
+  `workdir/eval`) and, while running, a `.partial.npz` of per-example
+  results that a rerun continues from.
+
+  Returns:
+    The JSON's contents: step, k, number of examples, and for each of
+    `elbo`, `reconstruction`, `kl`, `log_likelihood` the mean and standard
+    error, plus the negated `neg_elbo` and `nll` for tables.
+  """
+  overrides = {'data_dir': eval_config.data_dir} if eval_config.data_dir else {}
+  model, config, step = restore_model(workdir, eval_config.precision,
+                                      **overrides)
+  images = data.load_images(config.dataset, 'test', config.data_dir)
+  if eval_config.num_examples:
+    images = images[:eval_config.num_examples]
+  binary = np.concatenate(list(data.eval_batches(images, 10_000)))
+  k = eval_config.num_samples
+  name = f'evaluation_k{k}' + (f'_n{len(binary)}'
+                               if eval_config.num_examples else '')
+  partial_path = os.path.join(workdir, name + '.partial.npz')
+  values = _load_partial(partial_path, step)
+  done = len(values['elbo'])
+  if done:
+    logging.info('Continuing %s from example %d of %d.', name, done,
+                 len(binary))
+
+  terms_fn = importance_sampled_terms(model, config, eval_config)
+  base_seed = tf.constant([eval_config.seed, 7], tf.int32)
+  progress = keras.utils.Progbar(len(binary),
+                                 stateful_metrics=('nll', 'neg_elbo'),
+                                 unit_name='example')
+  since_save = 0
+  for start in range(done, len(binary), eval_config.examples_per_call):
+    batch = binary[start:start + eval_config.examples_per_call]
+    # Keyed on the example index, so a resumed evaluation draws the same.
+    seed = tf.random.experimental.stateless_fold_in(base_seed, start)
+    for key, value in terms_fn(tf.constant(batch), seed).items():
+      values[key] = np.concatenate([values[key], value])
+    since_save += len(batch)
+    progress.update(len(values['elbo']), [
+        ('nll', -float(np.mean(values['log_likelihood']))),
+        ('neg_elbo', -float(np.mean(values['elbo'])))])
+    if since_save >= eval_config.save_every:
+      _save_partial(partial_path, step, values)
+      since_save = 0
+  _save_partial(partial_path, step, values)
+
+  summary = _summary(values)
+  result = {
+      'workdir': workdir, 'step': step, 'num_samples': k,
+      'num_examples': len(binary), 'dataset': config.dataset,
+      'precision': eval_config.precision,
+      'neg_elbo': -summary['elbo']['mean'],
+      'nll': -summary['log_likelihood']['mean'],
+      **summary,
+  }
+  with open(os.path.join(workdir, name + '.json'), 'w') as f:
+    json.dump(result, f, indent=2)
+  writer = tf.summary.create_file_writer(os.path.join(workdir, 'eval'))
+  with writer.as_default(step=step):
+    tf.summary.scalar('neg_elbo', result['neg_elbo'])
+    tf.summary.scalar('reconstruction', summary['reconstruction']['mean'])
+    tf.summary.scalar('kl', summary['kl']['mean'])
+    tf.summary.scalar(f'nll/k{k}', result['nll'])
+  writer.flush()
+  return result

@@ -1,0 +1,140 @@
+"""Tests of elbo.evaluation and the evaluate binary."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from elbo import evaluation
+from elbo import train
+import conftest
+
+tfd = tfp.distributions
+
+
+class _LinearGaussian:
+  """z ~ N(0, I), x | z ~ N(z, s^2 I): log p(x) = log N(x; 0, (1 + s^2) I).
+  The posterior is deliberately off, so that the bounds are loose."""
+
+  noise = 0.5
+
+  def latent_prior(self):
+    return tfd.MultivariateNormalDiag(tf.zeros(4), tf.ones(4))
+
+  def approx_posterior(self, x):
+    return tfd.MultivariateNormalDiag(0.5 * x, tf.fill(tf.shape(x), 0.8))
+
+  def decoder_likelihood(self, z):
+    return tfd.MultivariateNormalDiag(z, tf.fill(tf.shape(z), self.noise))
+
+  def log_evidence(self, x):
+    scale = np.float32(np.sqrt(1 + self.noise**2))
+    return tfd.MultivariateNormalDiag(
+        tf.zeros(4), tf.fill([4], scale)).log_prob(x).numpy()
+
+
+@pytest.mark.parametrize('kl', ['analytic', 'mc'])
+def test_log_likelihood_estimate_converges_to_the_evidence(kl):
+  model = _LinearGaussian()
+  x = tf.constant([[0.3, -1.2, 2.0, 0.1], [1.0, 0.5, -0.5, 0.0]])
+  truth = model.log_evidence(x)
+  repeats = 40  # Independent estimates per example, averaged.
+  x_repeated = tf.tile(x, [repeats, 1])
+  estimates, errors, elbos = [], [], []
+  for k in (1, 10, 100, 2000):
+    # Few decoder passes per call, so large k is summed over many chunks.
+    eval_config = evaluation.EvalConfig(
+        num_samples=k, examples_per_call=2 * repeats,
+        decoder_passes_per_call=4000)
+    terms = evaluation.importance_sampled_terms(
+        model, train.Config(kl=kl), eval_config)(x_repeated,
+                                                 tf.constant([k, 0]))
+    np.testing.assert_allclose(terms['elbo'],
+                               terms['reconstruction'] - terms['kl'],
+                               rtol=1e-6)
+    if kl == 'mc':  # Same samples: mean <= log-mean-exp, always.
+      assert np.all(terms['elbo'] <= terms['log_likelihood'] + 1e-4)
+    per_repeat = terms['log_likelihood'].reshape(repeats, 2)
+    estimates.append(per_repeat.mean(0))
+    errors.append(per_repeat.std(0) / np.sqrt(repeats))
+    elbos.append(terms['elbo'].reshape(repeats, 2).mean(0))
+  estimates = np.array(estimates)  # [k, example]
+  print('log p(x):', truth, 'L_k for k = 1, 10, 100, 2000:', estimates)
+  assert np.all(truth - np.mean(elbos, axis=0) > 1)  # From a loose ELBO
+  assert np.all(estimates[1] > estimates[0] + 1)  # the bound tightens,
+  # stays below log p(x) (up to its Monte Carlo error), and converges to it:
+  assert np.all(estimates <= truth + 4 * np.array(errors) + 1e-3)
+  assert np.all(np.abs(truth - estimates[-1]) < 0.02)
+
+
+@pytest.fixture(scope='module')
+def trained_workdir(data_dir, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('run'))
+  config = train.Config(data_dir=data_dir, batch_size=32, max_steps=5,
+                        image_every=1000)
+  train.train_and_evaluate(config, workdir)
+  return workdir
+
+
+def test_interrupted_evaluation_continues_to_the_same_result(
+    trained_workdir, monkeypatch):
+  eval_config = evaluation.EvalConfig(num_samples=20, num_examples=24,
+                                      examples_per_call=4, save_every=8)
+  clean = evaluation.importance_sampled_terms
+  calls = []
+
+  def failing_after_four_calls(*args):
+    fn = clean(*args)
+
+    def wrapped(*inner):
+      calls.append(1)
+      if len(calls) == 4:
+        raise KeyboardInterrupt
+      return fn(*inner)
+
+    return wrapped
+
+  monkeypatch.setattr(evaluation, 'importance_sampled_terms',
+                      failing_after_four_calls)
+  with pytest.raises(KeyboardInterrupt):
+    evaluation.evaluate_run(trained_workdir, eval_config)
+  partial = np.load(os.path.join(trained_workdir,
+                                 'evaluation_k20_n24.partial.npz'))
+  assert len(partial['elbo']) == 8  # Saved after 8 examples, died at 12.
+  monkeypatch.setattr(evaluation, 'importance_sampled_terms', clean)
+  resumed = evaluation.evaluate_run(trained_workdir, eval_config)
+  os.remove(os.path.join(trained_workdir, 'evaluation_k20_n24.partial.npz'))
+  fresh = evaluation.evaluate_run(trained_workdir, eval_config)
+  assert resumed['num_examples'] == 24
+  for name in ('elbo', 'log_likelihood', 'kl', 'reconstruction'):
+    np.testing.assert_allclose(resumed[name]['mean'], fresh[name]['mean'],
+                               rtol=1e-6)
+  assert fresh['nll'] <= fresh['neg_elbo']
+  assert 0 < fresh['kl']['mean'] and fresh['elbo']['stderr'] > 0
+
+
+def test_evaluate_binary_end_to_end(trained_workdir):
+  result = conftest.run_binary('--workdir', trained_workdir,
+                               '--num_samples=50', '--num_examples=16',
+                               binary='evaluate')
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(os.path.join(trained_workdir, 'evaluation_k50_n16.json')) as f:
+    saved = json.load(f)
+  assert saved['step'] == 5 and saved['num_examples'] == 16
+  assert np.isfinite(saved['nll']) and saved['nll'] <= saved['neg_elbo']
+  assert f"-log p(x) (k=50) {saved['nll']:.2f}" in result.stderr
+  tags = {tag for tag, _, _ in conftest.read_events(
+      os.path.join(trained_workdir, 'eval'))}
+  assert {'neg_elbo', 'reconstruction', 'kl', 'nll/k50'} <= tags
+
+
+def test_evaluate_binary_errors(tmp_path):
+  result = conftest.run_binary('--workdir', str(tmp_path), binary='evaluate')
+  assert result.returncode != 0
+  assert 'config.json: not found' in result.stderr
+  result = conftest.run_binary('--workdir', str(tmp_path), '--num_samples=0',
+                               binary='evaluate')
+  assert 'num_samples must be >= 1' in result.stderr
