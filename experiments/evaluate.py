@@ -44,12 +44,7 @@ flag_utils.define_dataclass_flags(evaluation.EvalConfig, _HELP,
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  try:
-    eval_config = flag_utils.dataclass_from_flags(evaluation.EvalConfig)
-  except ValueError as e:
-    sys.exit(f'Invalid flags: {e}')
+  eval_config = flag_utils.config_from_flags_or_exit(evaluation.EvalConfig, argv)
   try:
     result = evaluation.evaluate_run(_WORKDIR.value, eval_config)
   except (FileNotFoundError, data.DataError, ValueError) as e:

@@ -83,12 +83,7 @@ flags.register_validator(
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  try:
-    config = flag_utils.dataclass_from_flags(config_lib.Config)
-  except ValueError as e:
-    sys.exit(f'Invalid flags: {e}')
+  config = flag_utils.config_from_flags_or_exit(config_lib.Config, argv)
   logging.info('Config: %s', config)
   try:
     train.train_and_evaluate(config, _WORKDIR.value)
