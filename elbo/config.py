@@ -18,9 +18,9 @@ from elbo import data
 from elbo import losses
 from elbo import models
 
-__all__ = ['CHOICES', 'Config', 'JIT_COMPILE_CHOICES', 'LR_SCHEDULES',
-           'OBJECTIVES', 'PRECISIONS', 'build_model', 'learning_rate', 'load',
-           'save']
+__all__ = ['CHOICES', 'Config', 'ConfigError', 'JIT_COMPILE_CHOICES',
+           'LR_SCHEDULES', 'OBJECTIVES', 'PRECISIONS', 'build_model',
+           'learning_rate', 'load', 'save']
 
 JIT_COMPILE_CHOICES = ('auto', 'true', 'false')
 # 'elbo': maximize reconstruction - kl_weight * kl. 'iwae': maximize the
@@ -39,6 +39,11 @@ CHOICES = {
     'jit_compile': JIT_COMPILE_CHOICES,
 }
 _FILENAME = 'config.json'
+
+
+class ConfigError(ValueError):
+  """A config that cannot run here: bad values, or values that do not fit
+  the data or the workdir."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,30 +75,32 @@ class Config:
   def __post_init__(self):
     for name, choices in CHOICES.items():
       if getattr(self, name) not in choices:
-        raise ValueError(f'{name} must be one of {choices}, got '
+        raise ConfigError(f'{name} must be one of {choices}, got '
                          f'{getattr(self, name)!r}.')
     for name in ('epochs', 'batch_size', 'num_samples', 'prior_components',
                  'log_every', 'image_every', 'checkpoint_every',
                  'keep_checkpoints', 'eval_batch_size'):
       if getattr(self, name) < 1:
-        raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}.')
+        raise ConfigError(
+            f'{name} must be >= 1, got {getattr(self, name)}.')
     for name in ('max_steps', 'kl_warmup_steps'):
       if getattr(self, name) < 0:
-        raise ValueError(f'{name} must be >= 0, got {getattr(self, name)}.')
+        raise ConfigError(
+            f'{name} must be >= 0, got {getattr(self, name)}.')
     if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
-      raise ValueError(
+      raise ConfigError(
           f'learning_rate must be > 0, got {self.learning_rate}.')
     if not (self.kl_weight >= 0 and math.isfinite(self.kl_weight)):
-      raise ValueError(f'kl_weight must be >= 0, got {self.kl_weight}.')
+      raise ConfigError(f'kl_weight must be >= 0, got {self.kl_weight}.')
     if self.objective == 'iwae' and (self.kl_weight != 1 or
                                      self.kl_warmup_steps):
-      raise ValueError('kl_weight and kl_warmup_steps apply to the elbo '
+      raise ConfigError('kl_weight and kl_warmup_steps apply to the elbo '
                        'objective only, not to iwae.')
     if self.prior == 'mixture' and self.kl == 'analytic':
-      raise ValueError('The mixture prior has no closed-form KL; use '
+      raise ConfigError('The mixture prior has no closed-form KL; use '
                        'kl=mc with prior=mixture.')
     if self.data_dir is not None and not os.path.isdir(self.data_dir):
-      raise ValueError(f'data_dir {self.data_dir!r} is not a directory.')
+      raise ConfigError(f'data_dir {self.data_dir!r} is not a directory.')
 
 
 def build_model(config: Config,
@@ -105,8 +112,11 @@ def build_model(config: Config,
                     precision=precision or config.precision)
 
 
-def learning_rate(config: Config, steps_per_epoch: int
-                  ) -> Union[float, keras.optimizers.schedules.LearningRateSchedule]:
+_Schedule = keras.optimizers.schedules.LearningRateSchedule
+
+
+def learning_rate(config: Config,
+                  steps_per_epoch: int) -> Union[float, _Schedule]:
   """The constant rate, or a cosine decay to 0 over all `epochs`."""
   if config.lr_schedule == 'cosine':
     return keras.optimizers.schedules.CosineDecay(

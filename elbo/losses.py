@@ -85,11 +85,13 @@ def kl_divergence(approx_posterior: tfd.Distribution,
         return tfd.kl_divergence(approx_posterior, latent_prior)
       except NotImplementedError as e:
         raise NotImplementedError(
-            f'No analytic KL is registered for KL({type(approx_posterior).__name__}'
-            f' || {type(latent_prior).__name__}); use method="mc" (flag '
+            'No analytic KL is registered for '
+            f'KL({type(approx_posterior).__name__} || '
+            f'{type(latent_prior).__name__}); use method="mc" (flag '
             f'--kl=mc) or register one with tfd.RegisterKL. ({e})') from e
     if samples is None:
-      raise ValueError('method="mc" needs `samples` drawn from approx_posterior.')
+      raise ValueError(
+          'method="mc" needs `samples` drawn from approx_posterior.')
     return tf.reduce_mean(
         approx_posterior.log_prob(samples) - latent_prior.log_prob(samples),
         axis=0)

@@ -209,15 +209,19 @@ def train_and_evaluate(config: Config,
     NonFiniteError: NaN/Inf in a loss term or the gradients.
     checkpoints.CheckpointMismatchError: the workdir holds another model.
     data.DataError: a data file is missing or malformed.
+    config_lib.ConfigError: the workdir is a file, or the batch is larger
+      than the training set.
   """
   if tf.io.gfile.exists(workdir) and not tf.io.gfile.isdir(workdir):
-    raise ValueError(f'workdir {workdir!r} exists and is not a directory.')
+    raise config_lib.ConfigError(
+        f'workdir {workdir!r} exists and is not a directory.')
   train_images = data.load_images(config.dataset, 'train', config.data_dir)
   test_images = data.load_images(config.dataset, 'test', config.data_dir)
   steps_per_epoch = data.steps_per_epoch(len(train_images), config.batch_size)
   if steps_per_epoch == 0:
-    raise ValueError(f'batch_size {config.batch_size} exceeds the '
-                     f'{len(train_images)} training images.')
+    raise config_lib.ConfigError(
+        f'batch_size {config.batch_size} exceeds the {len(train_images)} '
+        'training images.')
   total_steps = config.epochs * steps_per_epoch
   if config.max_steps:
     total_steps = min(total_steps, config.max_steps)

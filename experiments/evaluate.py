@@ -44,10 +44,11 @@ flag_utils.define_dataclass_flags(evaluation.EvalConfig, _HELP,
 
 
 def main(argv):
-  eval_config = flag_utils.config_from_flags_or_exit(evaluation.EvalConfig, argv)
+  eval_config = flag_utils.config_from_flags_or_exit(evaluation.EvalConfig,
+                                                     argv)
   try:
     result = evaluation.evaluate_run(_WORKDIR.value, eval_config)
-  except (FileNotFoundError, data.DataError, ValueError) as e:
+  except (FileNotFoundError, data.DataError, config_lib.ConfigError) as e:
     sys.exit(f'Error: {e}')
   logging.info('Step %d, %d test images: -ELBO %.2f +- %.2f '
                '(reconstruction %.2f, KL %.2f); -log p(x) (k=%d) %.2f +- %.2f',

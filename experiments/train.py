@@ -91,7 +91,7 @@ def main(argv):
     logging.warning('%s', e)
     sys.exit(EXIT_INTERRUPTED)
   except (data.DataError, checkpoints.CheckpointMismatchError,
-          train.NonFiniteError) as e:
+          config_lib.ConfigError, train.NonFiniteError) as e:
     sys.exit(f'Error: {e}')
 
 

@@ -59,7 +59,8 @@ class TestKlDivergence:
 
   def test_unregistered_pair_raises_clear_error(self):
     q = _random_posterior()
-    p = tfd.Independent(tfd.Normal(tf.zeros(4), 1.), reinterpreted_batch_ndims=1)
+    p = tfd.Independent(tfd.Normal(tf.zeros(4), 1.),
+                        reinterpreted_batch_ndims=1)
     with pytest.raises(NotImplementedError, match='No analytic KL.*mc'):
       losses.kl_divergence(q, p, method='analytic')
 

@@ -132,7 +132,8 @@ def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(
   config = train.Config(data_dir=data_dir, batch_size=32, max_steps=12,
                         log_every=3, checkpoint_every=4, image_every=1000)
   with pytest.raises(train.NonFiniteError,
-                     match='Non-finite elbo, reconstruction, kl, gradients '
+                     match='Non-finite elbo, reconstruction, kl, objective, '
+                     'gradients '
                      f'at step {bad_step};'):
     train.train_and_evaluate(config, str(tmp_path))
   latest = tf.train.latest_checkpoint(os.path.join(tmp_path, 'checkpoints'))

@@ -1,0 +1,644 @@
+r"""Times the training step of the blog's VAE, four ways, side by side.
+
+  python experiments/benchmark.py --workdir=/tmp/elbo/benchmark
+
+Candidates (`--candidates`, a comma list; default all):
+
+  ours       our GradientTape step (elbo.train.make_train_step), float32,
+             no XLA: TensorFlow's own (oneDNN) kernels on CPU
+  ours_xla   the same step with jit_compile=True (XLA)
+  ours_bf16  the same step, no XLA, precision mixed_bfloat16
+  blog_fit   the blog's way: the same architecture in tf_keras with
+             tfp.layers heads (MultivariateNormalTriL with a
+             KLDivergenceRegularizer, IndependentBernoulli), loss = negative
+             log-likelihood, trained with `model.fit` on a tf.data dataset
+
+and two references, the machine's rate on a large float32 and a large
+bfloat16 `tf.matmul`. After `--warmup_steps` steps each, every candidate
+runs `--steps` steps per repeat, round-robin across `--repeats` repeats (the
+order rotates each repeat), so background load hits all of them alike; the
+reported time is the median over repeats. On a shared or loaded machine the
+absolute rates move with the load; the ratios between candidates measured in
+the same run are the numbers to compare.
+
+Training FLOPs are counted once, by formula over the model's layers (see
+`count_training_flops`), and cross-checked against TensorFlow's graph
+profiler and, when `ours_xla` runs, against the convolutions and dots in
+XLA's optimized HLO (which counts the work XLA actually schedules,
+including multiplications by the zeros of dilated convolutions).
+
+`--profile=CANDIDATE` traces `--profile_steps` more steps of one candidate
+with the TensorFlow profiler into `<workdir>/profile` (open it in
+TensorBoard's profile plugin) and prints where the time goes, by op type.
+
+Results go to `--output` (default `<workdir>/benchmark.json`) and a table on
+stdout. `--smoke` runs 1 warm-up step, 2 steps, 1 repeat and a small matmul:
+a check that everything runs, not a measurement.
+"""
+
+import collections
+import glob
+import json
+import os
+import platform
+import re
+import statistics
+import time
+from typing import Callable, Dict, List, Optional
+
+from absl import app
+from absl import flags
+from absl import logging
+import keras
+import numpy as np
+import tensorflow as tf
+
+from elbo import config as config_lib
+from elbo import data
+from elbo import models
+from elbo import train
+
+CANDIDATES = {
+    'ours': 'our GradientTape step, float32, no XLA (TF/oneDNN kernels)',
+    'ours_xla': 'our GradientTape step, float32, jit_compile=True (XLA)',
+    'ours_bf16': 'our GradientTape step, mixed_bfloat16, no XLA',
+    'blog_fit': 'the blog: tf_keras + tfp.layers, model.fit, float32, no XLA',
+}
+# Which matmul reference each candidate's compute runs at.
+_PRECISION = {'ours': 'fp32', 'ours_xla': 'fp32', 'ours_bf16': 'bf16',
+              'blog_fit': 'fp32'}
+_REFERENCES = ('matmul_fp32', 'matmul_bf16')
+# (name, numerator, denominator): throughput ratios printed and saved.
+_RATIOS = (('xla_over_no_xla', 'ours_xla', 'ours'),
+           ('bf16_over_fp32', 'ours_bf16', 'ours'),
+           ('ours_over_fit', 'ours', 'blog_fit'))
+_NUM_DISTINCT_BATCHES = 4
+_SMOKE = {'warmup_steps': 1, 'steps': 2, 'repeats': 1, 'matmul_size': 256}
+_NOTE = ('Absolute rates depend on what else runs on the machine (compare '
+         'load_average); the candidates were interleaved round-robin in one '
+         'process, so their ratios are the comparable numbers.')
+
+_WORKDIR = flags.DEFINE_string(
+    'workdir', '/tmp/elbo/benchmark',
+    'Where benchmark.json (unless --output says otherwise) and the profile '
+    'go.')
+_OUTPUT = flags.DEFINE_string(
+    'output', None, 'Path of the JSON results; default <workdir>/'
+    'benchmark.json.')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 256,
+                                   'Images per training step.', lower_bound=1)
+_DATA_DIR = flags.DEFINE_string(
+    'data_dir', None, 'A directory with the MNIST files (as for train.py) to '
+    'time on real binarized digits; unset: random binary images (the step '
+    'costs the same).')
+_CANDIDATES = flags.DEFINE_list(
+    'candidates', list(CANDIDATES), 'Which candidates to time, of: ' +
+    ', '.join(CANDIDATES) + '.')
+_WARMUP_STEPS = flags.DEFINE_integer(
+    'warmup_steps', 5, 'Untimed steps per candidate first (tracing, XLA '
+    'compilation, oneDNN primitive caches).', lower_bound=1)
+_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps per repeat.',
+                              lower_bound=1)
+_REPEATS = flags.DEFINE_integer(
+    'repeats', 5, 'Round-robin repeats; the median is reported.',
+    lower_bound=1)
+_MATMUL_SIZE = flags.DEFINE_integer(
+    'matmul_size', 2048, 'n of the n x n x n reference matmuls.',
+    lower_bound=16)
+_SMOKE_FLAG = flags.DEFINE_bool(
+    'smoke', False, 'A quick check that everything runs (overrides: ' +
+    ', '.join(f'--{k}={v}' for k, v in _SMOKE.items()) + ').')
+_PROFILE = flags.DEFINE_string(
+    'profile', None, 'A candidate to trace with the TensorFlow profiler '
+    'after the timing (into <workdir>/profile).')
+_PROFILE_STEPS = flags.DEFINE_integer('profile_steps', 5,
+                                      'Steps traced by --profile.',
+                                      lower_bound=1)
+_SEED = flags.DEFINE_integer('seed', 0, 'Seed of weights and fake data.')
+
+flags.register_validator(
+    'candidates', lambda names: bool(names) and set(names) <= set(CANDIDATES),
+    message='--candidates must be a non-empty comma list of: ' +
+    ', '.join(CANDIDATES) + '.')
+flags.register_validator(
+    'profile', lambda name: name is None or name in CANDIDATES,
+    message='--profile must be one of: ' + ', '.join(CANDIDATES) + '.')
+
+
+# ---------------------------------------------------------------- FLOPs ----
+
+
+def count_training_flops(model: models.VAE, batch_size: int) -> Dict:
+  """FLOPs of one training step, by formula over the conv and dense layers.
+
+  Per image, forward: a Conv2D costs 2*K*K*Cin*Cout*Hout*Wout (a
+  multiply-add is 2 FLOPs, taps on the 'same' padding included); a
+  Conv2DTranspose, the gradient of a convolution, 2*K*K*Cin*Cout*Hin*Win; a
+  Dense layer 2*in*out. The backward pass costs the forward twice over: the
+  gradient with respect to the weights, and with respect to the layer's
+  input (skipped for the first encoder layer, whose input is the data).
+  Biases, activations, the distributions and the optimizer update (all
+  elementwise, about 0.1%) are left out.
+  """
+  forward = 0
+  first_layer_forward = None
+  layers = []
+  for network in (model.encoder, model.decoder):
+    for layer in network.layers:
+      if isinstance(layer, keras.layers.Conv2DTranspose):
+        _, height, width, _ = layer.input.shape
+        flops = 2 * int(np.prod(layer.kernel.shape)) * height * width
+      elif isinstance(layer, keras.layers.Conv2D):
+        _, height, width, _ = layer.output.shape
+        flops = 2 * int(np.prod(layer.kernel.shape)) * height * width
+      elif isinstance(layer, keras.layers.Dense):
+        flops = 2 * int(np.prod(layer.kernel.shape))
+      else:
+        continue
+      layers.append({'layer': f'{network.name}/{layer.name}',
+                     'forward_flops_per_image': int(flops)})
+      if first_layer_forward is None:
+        first_layer_forward = flops
+      forward += flops
+  per_image = 3 * forward - first_layer_forward
+  return {
+      'method': 'formula',
+      'forward_flops_per_image': int(forward),
+      'training_flops_per_image': int(per_image),
+      'training_flops_per_step': int(per_image * batch_size),
+      'layers': layers,
+  }
+
+
+def graph_profiler_flops(step_fn, batch: tf.Tensor) -> int:
+  """TensorFlow's graph profiler's FLOP count of the traced train step (no
+  XLA). It counts every op in the graph, including ones pruned at run time,
+  and prices a Conv2DBackprop* by output size times the whole kernel."""
+  from tensorflow.python.profiler import model_analyzer  # pylint: disable=g-import-not-at-top
+  from tensorflow.python.profiler import option_builder  # pylint: disable=g-import-not-at-top
+  graph = step_fn.get_concrete_function(
+      batch, tf.constant(0, tf.int64)).graph
+  options = option_builder.ProfileOptionBuilder.float_operation()
+  options['output'] = 'none'
+  return int(model_analyzer.profile(graph, options=options).total_float_ops)
+
+
+_HLO_INSTRUCTION = re.compile(
+    r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*\w+\[([\d,]*)\]\S*\s+(\w[\w-]*)\((.*)$')
+
+
+def hlo_flops(hlo_text: str) -> Dict[str, int]:
+  """FLOPs of the convolutions and dots in an HLO module's text, as XLA
+  schedules them: 2 * output elements * window taps * input features (per
+  feature group) for a convolution, 2 * output elements * contracted size
+  for a dot. Taps that fall on padding or on the zeros of a dilated input
+  count: the convolution kernel multiplies them all."""
+  shapes, convolution, dot = {}, 0, 0
+  instructions = []
+  for line in hlo_text.splitlines():
+    match = _HLO_INSTRUCTION.match(line)
+    if not match:
+      continue
+    name, dims, opcode, rest = match.groups()
+    shape = [int(d) for d in dims.split(',') if d]
+    shapes[name] = shape
+    instructions.append((opcode, shape, rest))
+  for opcode, shape, rest in instructions:
+    operands = re.findall(r'%?([\w.\-]+)', rest.split(')')[0])
+    if opcode == 'convolution':
+      window = re.search(r'size=([\dx]+)', rest)
+      labels = re.search(r'dim_labels=(\w+)_', rest)
+      groups = re.search(r'feature_group_count=(\d+)', rest)
+      lhs = shapes.get(operands[0]) if operands else None
+      if not (window and labels and lhs):
+        continue
+      taps = int(np.prod([int(s) for s in window.group(1).split('x')]))
+      features = lhs[labels.group(1).index('f')]
+      features //= int(groups.group(1)) if groups else 1
+      convolution += 2 * int(np.prod(shape)) * taps * features
+    elif opcode == 'dot':
+      contracting = re.search(r'lhs_contracting_dims=\{([\d,]*)\}', rest)
+      lhs = shapes.get(operands[0]) if operands else None
+      if not (contracting and lhs):
+        continue
+      size = int(np.prod([lhs[int(d)] for d in contracting.group(1).split(',')
+                          if d]))
+      dot += 2 * int(np.prod(shape)) * size
+  return {'convolution': convolution, 'dot': dot, 'total': convolution + dot}
+
+
+# ----------------------------------------------------------- candidates ----
+
+
+def make_batches(batch_size: int, data_dir: Optional[str],
+                 seed: int) -> tf.Tensor:
+  """A few distinct binarized batches, [n, batch, 28, 28, 1] float32."""
+  if data_dir:
+    images = data.load_images('mnist', 'train', data_dir)
+    return tf.stack(list(data.epoch_batches(images, batch_size, seed, 0)
+                         .take(_NUM_DISTINCT_BATCHES)))
+  uniform = tf.random.stateless_uniform(
+      [_NUM_DISTINCT_BATCHES, batch_size, *models.IMAGE_SHAPE], [seed, 0])
+  return tf.cast(uniform < 0.5, tf.float32)
+
+
+def _dataset(batches: tf.Tensor) -> tf.data.Dataset:
+  """The same batches for every candidate, cycled, prefetched."""
+  return (tf.data.Dataset.from_tensor_slices(batches).repeat()
+          .prefetch(tf.data.AUTOTUNE))
+
+
+class Candidate:
+  """`run(n)` trains n steps and returns their wall time in seconds."""
+
+  def __init__(self, name: str, run: Callable[[int], float],
+               step_fn=None, model=None):
+    self.name = name
+    self.run = run
+    self.step_fn = step_fn  # Ours: the tf.function, for FLOP counts.
+    self.model = model
+
+
+def make_ours(name: str, batches: tf.Tensor, seed: int) -> Candidate:
+  precision = 'mixed_bfloat16' if name == 'ours_bf16' else 'float32'
+  config = config_lib.Config(batch_size=int(batches.shape[1]), seed=seed,
+                             precision=precision)
+  keras.utils.set_random_seed(seed)
+  model = config_lib.build_model(config)
+  optimizer = keras.optimizers.Adam(config.learning_rate)
+  optimizer.build(model.trainable_variables)
+  step_fn = train.make_train_step(model, optimizer, config,
+                                  jit_compile=(name == 'ours_xla'),
+                                  guard=train.NonFiniteGuard())
+  iterator = iter(_dataset(batches))
+  step = 0
+
+  def run(num_steps: int) -> float:
+    nonlocal step
+    start = time.perf_counter()
+    for _ in range(num_steps):
+      metrics = step_fn(next(iterator), tf.constant(step, tf.int64))
+      step += 1
+    metrics.numpy()  # Eager execution is synchronous; this is a no-op wait.
+    return time.perf_counter() - start
+
+  return Candidate(name, run, step_fn, model)
+
+
+def build_blog_vae(tf_keras):
+  """The blog's VAE, as written in its notebook (tf_keras + tfp.layers)."""
+  import tensorflow_probability as tfp  # pylint: disable=g-import-not-at-top
+  tfd, tfpl = tfp.distributions, tfp.layers
+  tfk, tfkl = tf_keras, tf_keras.layers
+  encoded_size, base_depth = models.LATENT_DIM, 32
+  input_shape = models.IMAGE_SHAPE
+  prior = tfd.Independent(tfd.Normal(loc=tf.zeros(encoded_size), scale=1),
+                          reinterpreted_batch_ndims=1)
+  act = tf.nn.leaky_relu
+  encoder = tfk.Sequential([
+      tfkl.InputLayer(input_shape=input_shape),
+      tfkl.Lambda(lambda x: tf.cast(x, tf.float32) - 0.5),
+      tfkl.Conv2D(base_depth, 5, strides=1, padding='same', activation=act),
+      tfkl.Conv2D(base_depth, 5, strides=2, padding='same', activation=act),
+      tfkl.Conv2D(2 * base_depth, 5, strides=1, padding='same',
+                  activation=act),
+      tfkl.Conv2D(2 * base_depth, 5, strides=2, padding='same',
+                  activation=act),
+      tfkl.Conv2D(4 * encoded_size, 7, strides=1, padding='valid',
+                  activation=act),
+      tfkl.Flatten(),
+      tfkl.Dense(tfpl.MultivariateNormalTriL.params_size(encoded_size),
+                 activation=None),
+      tfpl.MultivariateNormalTriL(
+          encoded_size,
+          activity_regularizer=tfpl.KLDivergenceRegularizer(prior)),
+  ])
+  decoder = tfk.Sequential([
+      tfkl.InputLayer(input_shape=[encoded_size]),
+      tfkl.Reshape([1, 1, encoded_size]),
+      tfkl.Conv2DTranspose(2 * base_depth, 7, strides=1, padding='valid',
+                           activation=act),
+      tfkl.Conv2DTranspose(2 * base_depth, 5, strides=1, padding='same',
+                           activation=act),
+      tfkl.Conv2DTranspose(2 * base_depth, 5, strides=2, padding='same',
+                           activation=act),
+      tfkl.Conv2DTranspose(base_depth, 5, strides=1, padding='same',
+                           activation=act),
+      tfkl.Conv2DTranspose(base_depth, 5, strides=2, padding='same',
+                           activation=act),
+      tfkl.Conv2DTranspose(base_depth, 5, strides=1, padding='same',
+                           activation=act),
+      tfkl.Conv2D(filters=1, kernel_size=5, strides=1, padding='same',
+                  activation=None),
+      tfkl.Flatten(),
+      tfpl.IndependentBernoulli(input_shape, tfd.Bernoulli.logits),
+  ])
+  vae = tfk.Model(inputs=encoder.inputs,
+                  outputs=decoder(encoder.outputs[0]))
+  negloglik = lambda x, rv_x: -rv_x.log_prob(x)
+  vae.compile(optimizer=tfk.optimizers.Adam(learning_rate=1e-3),
+              loss=negloglik)
+  return vae
+
+
+def make_blog_fit(batches: tf.Tensor, seed: int) -> Candidate:
+  """`model.fit` of the blog's model. tf_keras is imported here, and nothing
+  global is set, so Keras 3 in the same process is unaffected."""
+  import tf_keras  # pylint: disable=g-import-not-at-top
+  tf.random.set_seed(seed)
+  vae = build_blog_vae(tf_keras)
+  dataset = _dataset(batches).map(lambda x: (x, x))
+
+  class StepTimes(tf_keras.callbacks.Callback):
+
+    def on_train_begin(self, logs=None):
+      self.ends = []
+
+    def on_train_batch_end(self, batch, logs=None):
+      self.ends.append(time.perf_counter())
+
+  times = StepTimes()
+
+  def run(num_steps: int) -> float:
+    # One extra step, so that the time from the end of the first step to
+    # the end of the last leaves out fit's per-call start-up.
+    vae.fit(dataset, epochs=1, steps_per_epoch=num_steps + 1, verbose=0,
+            callbacks=[times])
+    return times.ends[-1] - times.ends[0]
+
+  return Candidate('blog_fit', run, model=vae)
+
+
+def make_matmul(name: str, size: int, seed: int) -> Candidate:
+  dtype = tf.bfloat16 if name == 'matmul_bf16' else tf.float32
+  a = tf.cast(tf.random.stateless_normal([size, size], [seed, 1]), dtype)
+  b = tf.cast(tf.random.stateless_normal([size, size], [seed, 2]), dtype)
+  matmul = tf.function(tf.matmul)
+
+  def run(num_steps: int) -> float:
+    start = time.perf_counter()
+    for _ in range(num_steps):
+      product = matmul(a, b)
+    product.numpy()
+    return time.perf_counter() - start
+
+  return Candidate(name, run)
+
+
+# -------------------------------------------------------------- profile ----
+
+
+def _summarize_trace(logdir: str, steps: int, top: int = 12) -> Dict:
+  """Op-level totals from the newest .xplane.pb under `logdir`: time per op
+  type (TF ops: the type after ':'; XLA: the HLO instruction name without
+  its '.N' suffix) summed over the threads that execute ops."""
+  from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
+  paths = sorted(glob.glob(os.path.join(logdir, '**', '*.xplane.pb'),
+                           recursive=True), key=os.path.getmtime)
+  space = xplane_pb2.XSpace()
+  with open(paths[-1], 'rb') as f:
+    space.ParseFromString(f.read())
+  by_type, by_op = collections.Counter(), collections.Counter()
+  for plane in space.planes:
+    if not plane.name.startswith('/host:CPU'):
+      continue
+    for line in plane.lines:
+      # Ops run on TF's inter-op threads (tf_Compute) or, under XLA, on its
+      # Eigen threads; the main thread holds only the Python-side calls.
+      if not (line.name.startswith('tf_Compute') or 'Eigen' in line.name):
+        continue
+      for event in line.events:
+        name = plane.event_metadata[event.metadata_id].name
+        if '::' in name:  # Executor / thunk containers around the ops.
+          continue
+        milliseconds = event.duration_ps / 1e9 / steps
+        kind = (name.rsplit(':', 1)[1] if ':' in name
+                else re.sub(r'\.\d+$', '', name))
+        by_type[kind] += milliseconds
+        by_op[name] += milliseconds
+  total = sum(by_type.values())
+  return {
+      'logdir': logdir,
+      'op_ms_per_step': total,
+      'top_op_types': [{'op': k, 'ms_per_step': v, 'share': v / total}
+                       for k, v in by_type.most_common(top)],
+      'top_ops': [{'op': k, 'ms_per_step': v, 'share': v / total}
+                  for k, v in by_op.most_common(top)],
+  }
+
+
+def profile(candidate: Candidate, logdir: str, steps: int) -> Dict:
+  tf.io.gfile.makedirs(logdir)
+  tf.profiler.experimental.start(logdir)
+  try:
+    seconds = candidate.run(steps)
+  finally:
+    tf.profiler.experimental.stop()
+  summary = _summarize_trace(logdir, steps)
+  summary.update(candidate=candidate.name, steps=steps,
+                 wall_ms_per_step=1e3 * seconds / steps)
+  return summary
+
+
+# ----------------------------------------------------------------- main ----
+
+
+def _machine() -> Dict:
+  cpu = platform.processor()
+  try:
+    with open('/proc/cpuinfo') as f:
+      names = re.findall(r'model name\s*:\s*(.*)', f.read())
+    cpu = names[0] if names else cpu
+  except OSError:
+    pass
+  import tensorflow_probability as tfp  # pylint: disable=g-import-not-at-top
+  return {
+      'cpu': cpu,
+      'cpu_count': os.cpu_count(),
+      'devices': [d.name for d in tf.config.list_physical_devices()],
+      'tensorflow': tf.__version__,
+      'tensorflow_probability': tfp.__version__,
+      'keras': keras.__version__,
+      'XLA_FLAGS': os.environ.get('XLA_FLAGS', ''),
+      'TF_ENABLE_ONEDNN_OPTS': os.environ.get('TF_ENABLE_ONEDNN_OPTS', ''),
+  }
+
+
+def _rotated(names: List[str], shift: int) -> List[str]:
+  shift %= len(names)
+  return names[shift:] + names[:shift]
+
+
+def run_benchmark(names: List[str], batch_size: int, data_dir: Optional[str],
+                  warmup_steps: int, steps: int, repeats: int,
+                  matmul_size: int, seed: int, profile_name: Optional[str],
+                  profile_steps: int, workdir: str) -> Dict:
+  """Builds, warms up and times the candidates; returns the results."""
+  load_before = os.getloadavg()
+  batches = make_batches(batch_size, data_dir, seed)
+  timed = {}
+  for name in names:
+    timed[name] = (make_blog_fit(batches, seed) if name == 'blog_fit'
+                   else make_ours(name, batches, seed))
+  for name in _REFERENCES:
+    timed[name] = make_matmul(name, matmul_size, seed)
+  order = [n for n in CANDIDATES if n in names] + list(_REFERENCES)
+
+  for name in order:
+    start = time.perf_counter()
+    timed[name].run(warmup_steps)
+    logging.info('Warm-up of %s: %.1f s', name, time.perf_counter() - start)
+
+  seconds = {name: [] for name in order}
+  for repeat in range(repeats):
+    for name in _rotated(order, repeat):
+      seconds[name].append(timed[name].run(steps) / steps)
+    logging.info('Repeat %d/%d: %s', repeat + 1, repeats, ', '.join(
+        f'{n} {1e3 * seconds[n][-1]:.1f} ms' for n in order))
+
+  # FLOPs, once: after the timing, so that tracing or compiling again does
+  # not disturb it.
+  reference_model = next((c.model for c in timed.values()
+                          if isinstance(c.model, models.VAE)), None)
+  if reference_model is None:
+    reference_model = config_lib.build_model(config_lib.Config())
+  flops = count_training_flops(reference_model, batch_size)
+  flops_per_step = flops['training_flops_per_step']
+  example = batches[0]
+  if 'ours' in timed:
+    flops['graph_profiler_flops_per_step'] = graph_profiler_flops(
+        timed['ours'].step_fn, example)
+  if 'ours_xla' in timed:
+    hlo = timed['ours_xla'].step_fn.experimental_get_compiler_ir(
+        example, tf.constant(0, tf.int64))(stage='optimized_hlo')
+    flops['xla_hlo_flops_per_step'] = hlo_flops(hlo)
+  logging.info('FLOPs counted.')
+
+  references = {}
+  for name in _REFERENCES:
+    median = statistics.median(seconds[name])
+    references[name] = {
+        'size': matmul_size,
+        'seconds_per_matmul': seconds[name],
+        'gflops_per_second': 2 * matmul_size**3 / median / 1e9,
+    }
+  results = {}
+  for name in names:
+    median = statistics.median(seconds[name])
+    rate = flops_per_step / median
+    results[name] = {
+        'description': CANDIDATES[name],
+        'seconds_per_step': seconds[name],
+        'ms_per_step': 1e3 * median,
+        'images_per_second': batch_size / median,
+        'gflops_per_second': rate / 1e9,
+        'fraction_of_matmul': rate / 1e9 / references[
+            'matmul_' + _PRECISION[name]]['gflops_per_second'],
+        'fraction_of_fp32_matmul': rate / 1e9 / references[
+            'matmul_fp32']['gflops_per_second'],
+        'fraction_of_bf16_matmul': rate / 1e9 / references[
+            'matmul_bf16']['gflops_per_second'],
+    }
+  ratios = {}
+  for ratio, numerator, denominator in _RATIOS:
+    if numerator in results and denominator in results:
+      per_repeat = [d / n for n, d in zip(seconds[numerator],
+                                           seconds[denominator])]
+      ratios[ratio] = {
+          'value': (results[numerator]['images_per_second'] /
+                    results[denominator]['images_per_second']),
+          'per_repeat': per_repeat,
+          'of': f'images/s of {numerator} / images/s of {denominator}',
+      }
+  output = {
+      'note': _NOTE,
+      'settings': {
+          'batch_size': batch_size, 'data': data_dir or 'random binary',
+          'warmup_steps': warmup_steps, 'steps': steps, 'repeats': repeats,
+          'matmul_size': matmul_size, 'seed': seed, 'candidates': names,
+      },
+      'machine': _machine(),
+      'load_average': {'before': list(load_before),
+                       'after': list(os.getloadavg())},
+      'flops': flops,
+      'references': references,
+      'candidates': results,
+      'ratios': ratios,
+  }
+  if profile_name:
+    candidate = timed.get(profile_name)
+    if candidate is None:
+      candidate = (make_blog_fit(batches, seed) if profile_name == 'blog_fit'
+                   else make_ours(profile_name, batches, seed))
+      candidate.run(warmup_steps)
+    output['profile'] = profile(candidate, os.path.join(workdir, 'profile'),
+                                profile_steps)
+  return output
+
+
+def format_table(results: Dict) -> str:
+  lines = [f'{"candidate":<11} {"images/s":>9} {"ms/step":>9} '
+           f'{"GFLOP/s":>9} {"of fp32 mm":>10} {"of bf16 mm":>10}']
+  for name, r in results['candidates'].items():
+    lines.append(f'{name:<11} {r["images_per_second"]:9.1f} '
+                 f'{r["ms_per_step"]:9.1f} {r["gflops_per_second"]:9.1f} '
+                 f'{r["fraction_of_fp32_matmul"]:10.2f} '
+                 f'{r["fraction_of_bf16_matmul"]:10.2f}')
+  for name, r in results['references'].items():
+    lines.append(f'{name:<11} {"":>9} {"":>9} {r["gflops_per_second"]:9.1f}'
+                 f'   ({r["size"]}^3 matmul)')
+  flops = results['flops']
+  lines.append(f'Training FLOPs per step (formula): '
+               f'{flops["training_flops_per_step"] / 1e9:.2f} G '
+               f'({flops["training_flops_per_image"] / 1e6:.1f} M per image)')
+  if 'graph_profiler_flops_per_step' in flops:
+    lines.append('  TF graph profiler: '
+                 f'{flops["graph_profiler_flops_per_step"] / 1e9:.2f} G')
+  if 'xla_hlo_flops_per_step' in flops:
+    lines.append('  XLA optimized HLO (convolutions + dots as scheduled): '
+                 f'{flops["xla_hlo_flops_per_step"]["total"] / 1e9:.2f} G')
+  for name, r in results['ratios'].items():
+    spread = ', '.join(f'{x:.2f}' for x in r['per_repeat'])
+    lines.append(f'{name}: {r["value"]:.2f}  (per repeat: {spread})')
+  lines.append('load average before/after: ' + ' / '.join(
+      ' '.join(f'{x:.1f}' for x in results['load_average'][k])
+      for k in ('before', 'after')))
+  lines.append(results['note'])
+  if 'profile' in results:
+    p = results['profile']
+    lines.append(f'Profile of {p["candidate"]} ({p["steps"]} steps, '
+                 f'{p["wall_ms_per_step"]:.0f} ms/step wall, '
+                 f'{p["op_ms_per_step"]:.0f} ms/step in ops over all '
+                 f'threads; trace in {p["logdir"]}):')
+    for row in p['top_op_types']:
+      lines.append(f'  {row["op"]:<50} {row["ms_per_step"]:8.1f} ms '
+                   f'{100 * row["share"]:5.1f}%')
+  return '\n'.join(lines)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  settings = {'warmup_steps': _WARMUP_STEPS.value, 'steps': _STEPS.value,
+              'repeats': _REPEATS.value, 'matmul_size': _MATMUL_SIZE.value}
+  if _SMOKE_FLAG.value:
+    settings.update(_SMOKE)
+  if _DATA_DIR.value and not os.path.isdir(_DATA_DIR.value):
+    raise app.UsageError(f'--data_dir {_DATA_DIR.value!r} is not a '
+                         'directory.')
+  names = [n for n in CANDIDATES if n in _CANDIDATES.value]
+  results = run_benchmark(
+      names, _BATCH_SIZE.value, _DATA_DIR.value, seed=_SEED.value,
+      profile_name=_PROFILE.value, profile_steps=_PROFILE_STEPS.value,
+      workdir=_WORKDIR.value, **settings)
+  output = _OUTPUT.value or os.path.join(_WORKDIR.value, 'benchmark.json')
+  if os.path.dirname(output):
+    tf.io.gfile.makedirs(os.path.dirname(output))
+  with open(output, 'w') as f:
+    json.dump(results, f, indent=2)
+  print(format_table(results))
+  print(f'Results: {output}')
+
+
+if __name__ == '__main__':
+  app.run(main)
