@@ -17,9 +17,10 @@ and two references, the machine's rate on a large float32 and a large
 bfloat16 `tf.matmul`. After `--warmup_steps` steps each, every candidate
 runs `--steps` steps per repeat, round-robin across `--repeats` repeats (the
 order rotates each repeat), so background load hits all of them alike; the
-reported time is the median over repeats. On a shared or loaded machine the
-absolute rates move with the load; the ratios between candidates measured in
-the same run are the numbers to compare.
+reported time is the median over repeats, and a ratio between two
+candidates is the median of its per-repeat values (each pair ran within
+seconds of each other). On a shared or loaded machine the absolute rates
+move with the load; the ratios are the numbers to compare.
 
 Training FLOPs are counted once, by formula over the model's layers (see
 `count_training_flops`), and cross-checked against TensorFlow's graph
@@ -97,13 +98,14 @@ _CANDIDATES = flags.DEFINE_list(
 _WARMUP_STEPS = flags.DEFINE_integer(
     'warmup_steps', 5, 'Untimed steps per candidate first (tracing, XLA '
     'compilation, oneDNN primitive caches).', lower_bound=1)
-_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps per repeat.',
+_STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per repeat.',
                               lower_bound=1)
 _REPEATS = flags.DEFINE_integer(
-    'repeats', 5, 'Round-robin repeats; the median is reported.',
+    'repeats', 10, 'Round-robin repeats; the median is reported.',
     lower_bound=1)
 _MATMUL_SIZE = flags.DEFINE_integer(
-    'matmul_size', 2048, 'n of the n x n x n reference matmuls.',
+    'matmul_size', 4096, 'n of the n x n x n reference matmuls (each '
+    'repeat runs --steps of them).',
     lower_bound=16)
 _SMOKE_FLAG = flags.DEFINE_bool(
     'smoke', False, 'A quick check that everything runs (overrides: ' +
@@ -521,6 +523,8 @@ def run_benchmark(names: List[str], batch_size: int, data_dir: Optional[str],
         'size': matmul_size,
         'seconds_per_matmul': seconds[name],
         'gflops_per_second': 2 * matmul_size**3 / median / 1e9,
+        'best_gflops_per_second': 2 * matmul_size**3 / min(seconds[name]) /
+                                  1e9,
     }
   results = {}
   for name in names:
@@ -532,6 +536,8 @@ def run_benchmark(names: List[str], batch_size: int, data_dir: Optional[str],
         'ms_per_step': 1e3 * median,
         'images_per_second': batch_size / median,
         'gflops_per_second': rate / 1e9,
+        # The least disturbed repeat, for a machine with other load.
+        'best_images_per_second': batch_size / min(seconds[name]),
         'fraction_of_matmul': rate / 1e9 / references[
             'matmul_' + _PRECISION[name]]['gflops_per_second'],
         'fraction_of_fp32_matmul': rate / 1e9 / references[
@@ -542,13 +548,16 @@ def run_benchmark(names: List[str], batch_size: int, data_dir: Optional[str],
   ratios = {}
   for ratio, numerator, denominator in _RATIOS:
     if numerator in results and denominator in results:
+      # Paired by repeat: both ran within seconds of each other.
       per_repeat = [d / n for n, d in zip(seconds[numerator],
                                            seconds[denominator])]
       ratios[ratio] = {
-          'value': (results[numerator]['images_per_second'] /
-                    results[denominator]['images_per_second']),
+          'value': statistics.median(per_repeat),
+          'of_medians': (results[numerator]['images_per_second'] /
+                         results[denominator]['images_per_second']),
           'per_repeat': per_repeat,
-          'of': f'images/s of {numerator} / images/s of {denominator}',
+          'of': f'images/s of {numerator} / images/s of {denominator}, '
+                'median over repeats',
       }
   output = {
       'note': _NOTE,
@@ -577,16 +586,19 @@ def run_benchmark(names: List[str], batch_size: int, data_dir: Optional[str],
 
 
 def format_table(results: Dict) -> str:
-  lines = [f'{"candidate":<11} {"images/s":>9} {"ms/step":>9} '
-           f'{"GFLOP/s":>9} {"of fp32 mm":>10} {"of bf16 mm":>10}']
+  lines = [f'{"candidate":<11} {"images/s":>9} {"(best)":>8} '
+           f'{"ms/step":>9} {"GFLOP/s":>9} {"of fp32 mm":>10} '
+           f'{"of bf16 mm":>10}']
   for name, r in results['candidates'].items():
     lines.append(f'{name:<11} {r["images_per_second"]:9.1f} '
+                 f'{r["best_images_per_second"]:8.1f} '
                  f'{r["ms_per_step"]:9.1f} {r["gflops_per_second"]:9.1f} '
                  f'{r["fraction_of_fp32_matmul"]:10.2f} '
                  f'{r["fraction_of_bf16_matmul"]:10.2f}')
   for name, r in results['references'].items():
-    lines.append(f'{name:<11} {"":>9} {"":>9} {r["gflops_per_second"]:9.1f}'
-                 f'   ({r["size"]}^3 matmul)')
+    lines.append(f'{name:<11} {"":>9} {"":>8} {"":>9} '
+                 f'{r["gflops_per_second"]:9.1f}   ({r["size"]}^3 matmul; '
+                 f'best repeat {r["best_gflops_per_second"]:.1f})')
   flops = results['flops']
   lines.append(f'Training FLOPs per step (formula): '
                f'{flops["training_flops_per_step"] / 1e9:.2f} G '
@@ -599,7 +611,8 @@ def format_table(results: Dict) -> str:
                  f'{flops["xla_hlo_flops_per_step"]["total"] / 1e9:.2f} G')
   for name, r in results['ratios'].items():
     spread = ', '.join(f'{x:.2f}' for x in r['per_repeat'])
-    lines.append(f'{name}: {r["value"]:.2f}  (per repeat: {spread})')
+    lines.append(f'{name}: {r["value"]:.2f}  (ratio of medians '
+                 f'{r["of_medians"]:.2f}; per repeat: {spread})')
   lines.append('load average before/after: ' + ' / '.join(
       ' '.join(f'{x:.1f}' for x in results['load_average'][k])
       for k in ('before', 'after')))
