@@ -23,6 +23,8 @@ setuptools.setup(
         'tf-keras==2.21.0',
     ],
     extras_require={
-        'test': ['pytest>=8'],
+        # nbmake runs docs/tutorial.ipynb under pytest (with nbclient and
+        # ipykernel).
+        'test': ['pytest>=8', 'nbmake==1.5.5'],
     },
 )
