@@ -194,8 +194,11 @@ def hlo_flops(hlo_text: str) -> Dict[str, int]:
   schedules them: 2 * output elements * window taps * input features (per
   feature group) for a convolution, 2 * output elements * contracted size
   for a dot. Taps that fall on padding or on the zeros of a dilated input
-  count: the convolution kernel multiplies them all."""
+  count: the convolution kernel multiplies them all. Also counts the
+  instructions, and the library calls (oneDNN / XNNPACK / YNNPACK fusions,
+  custom calls) that XLA chose."""
   shapes, convolution, dot = {}, 0, 0
+  counts = collections.Counter()
   instructions = []
   for line in hlo_text.splitlines():
     match = _HLO_INSTRUCTION.match(line)
@@ -207,6 +210,8 @@ def hlo_flops(hlo_text: str) -> Dict[str, int]:
     instructions.append((opcode, shape, rest))
   for opcode, shape, rest in instructions:
     operands = re.findall(r'%?([\w.\-]+)', rest.split(')')[0])
+    if opcode in ('convolution', 'dot'):
+      counts[opcode + 's'] += 1
     if opcode == 'convolution':
       window = re.search(r'size=([\dx]+)', rest)
       labels = re.search(r'dim_labels=(\w+)_', rest)
@@ -226,7 +231,11 @@ def hlo_flops(hlo_text: str) -> Dict[str, int]:
       size = int(np.prod([lhs[int(d)] for d in contracting.group(1).split(',')
                           if d]))
       dot += 2 * int(np.prod(shape)) * size
-  return {'convolution': convolution, 'dot': dot, 'total': convolution + dot}
+  library_calls = collections.Counter(
+      re.findall(r'"kind":"(__\w+)"', hlo_text) +
+      re.findall(r'custom_call_target="([^"]+)"', hlo_text))
+  return {'convolution': convolution, 'dot': dot, 'total': convolution + dot,
+          **counts, 'library_calls': dict(library_calls)}
 
 
 # ----------------------------------------------------------- candidates ----
@@ -607,8 +616,11 @@ def format_table(results: Dict) -> str:
     lines.append('  TF graph profiler: '
                  f'{flops["graph_profiler_flops_per_step"] / 1e9:.2f} G')
   if 'xla_hlo_flops_per_step' in flops:
+    hlo = flops['xla_hlo_flops_per_step']
     lines.append('  XLA optimized HLO (convolutions + dots as scheduled): '
-                 f'{flops["xla_hlo_flops_per_step"]["total"] / 1e9:.2f} G')
+                 f'{hlo["total"] / 1e9:.2f} G in {hlo.get("convolutions", 0)} '
+                 f'convolutions and {hlo.get("dots", 0)} dots; library '
+                 f'calls: {hlo["library_calls"] or "none"}')
   for name, r in results['ratios'].items():
     spread = ', '.join(f'{x:.2f}' for x in r['per_repeat'])
     lines.append(f'{name}: {r["value"]:.2f}  (ratio of medians '
