@@ -172,17 +172,43 @@ def count_training_flops(model: models.VAE, batch_size: int) -> Dict:
   }
 
 
+def _function_graphs(graph) -> List:
+  """`graph` and the graphs of the functions it calls, recursively."""
+  graphs, pending, seen = [], [graph], set()
+  while pending:
+    current = pending.pop()
+    if id(current) in seen:
+      continue
+    seen.add(id(current))
+    graphs.append(current)
+    for function in getattr(current, '_functions', {}).values():
+      if getattr(function, 'graph', None) is not None:
+        pending.append(function.graph)
+  return graphs
+
+
 def graph_profiler_flops(step_fn, batch: tf.Tensor) -> int:
   """TensorFlow's graph profiler's FLOP count of the traced train step (no
-  XLA). It counts every op in the graph, including ones pruned at run time,
-  and prices a Conv2DBackprop* by output size times the whole kernel."""
+  XLA), summed over the step's graph and the functions it calls (each
+  counted once). It counts every op in the graphs, including ones pruned at
+  run time, and prices a Conv2DBackprop* by output size times the whole
+  kernel."""
   from tensorflow.python.profiler import model_analyzer  # pylint: disable=g-import-not-at-top
   from tensorflow.python.profiler import option_builder  # pylint: disable=g-import-not-at-top
   graph = step_fn.get_concrete_function(
       batch, tf.constant(0, tf.int64)).graph
   options = option_builder.ProfileOptionBuilder.float_operation()
   options['output'] = 'none'
-  return int(model_analyzer.profile(graph, options=options).total_float_ops)
+  return sum(int(model_analyzer.profile(g, options=options).total_float_ops)
+             for g in _function_graphs(graph))
+
+
+def xla_hlo_text(step_fn, batch: tf.Tensor) -> str:
+  """The optimized HLO of the whole train step compiled by XLA (whether the
+  step compiles itself whole, or only a function it calls)."""
+  whole_step = tf.function(step_fn.python_function, jit_compile=True)
+  return whole_step.experimental_get_compiler_ir(
+      batch, tf.constant(0, tf.int64))(stage='optimized_hlo')
 
 
 _HLO_INSTRUCTION = re.compile(
@@ -520,9 +546,8 @@ def run_benchmark(names: List[str], batch_size: int, data_dir: Optional[str],
     flops['graph_profiler_flops_per_step'] = graph_profiler_flops(
         timed['ours'].step_fn, example)
   if 'ours_xla' in timed:
-    hlo = timed['ours_xla'].step_fn.experimental_get_compiler_ir(
-        example, tf.constant(0, tf.int64))(stage='optimized_hlo')
-    flops['xla_hlo_flops_per_step'] = hlo_flops(hlo)
+    flops['xla_hlo_flops_per_step'] = hlo_flops(
+        xla_hlo_text(timed['ours_xla'].step_fn, example))
   logging.info('FLOPs counted.')
 
   references = {}
