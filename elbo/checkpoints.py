@@ -27,10 +27,13 @@ def make_manager(workdir: str, max_to_keep: int,
       max_to_keep=max_to_keep)
 
 
-def restore_latest(manager: tf.train.CheckpointManager) -> Optional[str]:
+def restore_latest(manager: tf.train.CheckpointManager,
+                   directory: Optional[str] = None) -> Optional[str]:
   """Restores the latest checkpoint, if any, into the manager's objects.
 
   Every saved value must find its object and every object its value.
+  `directory` restores from another directory than the manager's own (a
+  non-chief worker resumes from the chief's checkpoints).
 
   Returns:
     The restored checkpoint's path, or None when there is none.
@@ -38,7 +41,8 @@ def restore_latest(manager: tf.train.CheckpointManager) -> Optional[str]:
   Raises:
     CheckpointMismatchError: the checkpoint holds another architecture.
   """
-  path = manager.latest_checkpoint
+  path = (tf.train.latest_checkpoint(directory) if directory
+          else manager.latest_checkpoint)
   if path is None:
     return None
   try:

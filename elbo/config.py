@@ -15,6 +15,7 @@ import keras
 import tensorflow as tf
 
 from elbo import data
+from elbo import distribute
 from elbo import losses
 from elbo import models
 
@@ -37,6 +38,7 @@ CHOICES = {
     'prior': models.PRIORS,
     'precision': PRECISIONS,
     'jit_compile': JIT_COMPILE_CHOICES,
+    'strategy': distribute.STRATEGIES,
 }
 _FILENAME = 'config.json'
 
@@ -65,6 +67,8 @@ class Config:
   precision: str = 'float32'
   seed: int = 0
   jit_compile: str = 'auto'  # 'auto': XLA iff a GPU or TPU is present.
+  strategy: str = 'default'  # See elbo.distribute.STRATEGIES.
+  tpu: str = 'local'  # strategy='tpu': a TPU name or grpc:// address.
   max_steps: int = 0  # 0: no cap beyond `epochs`.
   log_every: int = 50
   image_every: int = 500

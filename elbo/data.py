@@ -204,20 +204,37 @@ def steps_per_epoch(num_images: int, batch_size: int) -> int:
 
 
 def epoch_batches(images: np.ndarray, batch_size: int, seed: int, epoch: int,
-                  start_step: int = 0) -> tf.data.Dataset:
+                  start_step: int = 0, num_replicas: int = 1,
+                  replicas: Sequence[int] = (0,)) -> tf.data.Dataset:
   """One epoch of shuffled, freshly binarized training batches.
 
-  The permutation is keyed on (seed, epoch) and the binarization on
-  (seed, epoch, step), so `start_step` resumes mid-epoch exactly.
+  The permutation is keyed on (seed, epoch) and the binarization of a whole
+  global batch on (seed, epoch, step), so `start_step` resumes mid-epoch
+  exactly, and splitting a batch across replicas does not change its
+  pixels.
+
+  Args:
+    images: uint8 intensities `[N, 28, 28, 1]`.
+    batch_size: the global batch size.
+    seed: the run's seed.
+    epoch: which epoch (keys the order and the binarization).
+    start_step: first step of the epoch to yield.
+    num_replicas: split every global batch into this many equal parts
+      (for `tf.distribute`: the number of replicas in sync).
+    replicas: which parts to yield, in order, for each step (the replicas
+      this input pipeline feeds).
 
   Returns:
-    A dataset of float32 batches `[batch_size, 28, 28, 1]`, from
-    `start_step` to the end of the epoch.
+    A dataset of float32 batches `[batch_size / num_replicas, 28, 28, 1]`:
+    for each step from `start_step` on, the parts `replicas` in order.
   """
   num_steps = steps_per_epoch(len(images), batch_size)
   if num_steps == 0:
     raise ValueError(f'batch_size {batch_size} exceeds the {len(images)} '
                      'training images.')
+  if batch_size % num_replicas:
+    raise ValueError(f'batch_size {batch_size} is not divisible by the '
+                     f'{num_replicas} replicas.')
   epoch_seed = tf.random.experimental.stateless_fold_in(
       tf.constant([seed, 0], tf.int64), epoch)
   order = tf.random.experimental.stateless_shuffle(
@@ -225,15 +242,19 @@ def epoch_batches(images: np.ndarray, batch_size: int, seed: int, epoch: int,
   batch_indices = tf.reshape(order[:num_steps * batch_size],
                              [num_steps, batch_size])
   images = tf.constant(images)
+  replicas = tf.constant(replicas, tf.int32)
 
-  def make_batch(step, indices):
+  def make_parts(step, indices):
     step_seed = tf.random.experimental.stateless_fold_in(epoch_seed, step)
-    return binarize(tf.gather(images, indices), step_seed)
+    batch = binarize(tf.gather(images, indices), step_seed)
+    parts = tf.reshape(batch, [num_replicas, -1, *batch.shape[1:]])
+    return tf.gather(parts, replicas)
 
   steps = tf.range(num_steps, dtype=tf.int64)
   return (tf.data.Dataset.from_tensor_slices((steps, batch_indices))
           .skip(start_step)
-          .map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
+          .map(make_parts, num_parallel_calls=tf.data.AUTOTUNE)
+          .unbatch()
           .prefetch(tf.data.AUTOTUNE))
 
 

@@ -24,6 +24,7 @@ import tensorflow as tf
 from elbo import checkpoints
 from elbo import config as config_lib
 from elbo import data
+from elbo import distribute
 from elbo import images
 from elbo import interrupts
 from elbo import losses
@@ -81,9 +82,9 @@ class NonFiniteGuard(tf.Module):
     self.bad = tf.Variable(tf.zeros([len(_GUARDED)], tf.bool),
                            trainable=False)
 
-  def observe(self, step: tf.Tensor, metrics: tf.Tensor, gradients) -> None:
-    finite = tf.concat([tf.math.is_finite(metrics),
-                        [tf.math.is_finite(tf.linalg.global_norm(gradients))]],
+  def observe(self, step: tf.Tensor, metrics: tf.Tensor,
+              gradients_finite: tf.Tensor) -> None:
+    finite = tf.concat([tf.math.is_finite(metrics), [gradients_finite]],
                        axis=0)
 
     def record():
@@ -127,30 +128,54 @@ def _objective(model: models.VAE, batch: tf.Tensor, config: Config,
 
 def make_train_step(model: models.VAE, optimizer: keras.optimizers.Optimizer,
                     config: Config, jit_compile: bool,
-                    guard: Optional[NonFiniteGuard] = None):
+                    guard: Optional[NonFiniteGuard] = None,
+                    strategy: Optional[tf.distribute.Strategy] = None):
   """Returns `train_step(batch, step) -> [elbo, reconstruction, kl,
-  objective]`, batch means.
+  objective]`, means over the global batch.
 
-  The loss is minus the objective (`config.objective`) averaged over the
-  batch; the ELBO's terms come back separately for logging. `step` (int64
-  scalar, the global step) keys the latent draws, so a step computes the
-  same thing whenever it runs.
+  `batch` is one batch, or under `strategy` a distributed one (replica r
+  holding part r of the global batch). Each replica's loss is minus its
+  objective summed and divided by the global batch size, so the all-reduced
+  (summed) gradients are those of the global mean, whatever the number of
+  replicas. The ELBO's terms come back separately for logging. `step`
+  (int64 scalar, the global step) keys the latent draws, so a step computes
+  the same thing whenever it runs. XLA (`jit_compile`) compiles each
+  replica's loss and gradients.
   """
+  strategy = strategy or tf.distribute.get_strategy()
   latent_seed = tf.constant([config.seed, _LATENT_STREAM], tf.int32)
 
   @tf.function(jit_compile=jit_compile)
-  def train_step(batch, step):
-    seed = tf.random.experimental.stateless_fold_in(
-        latent_seed, tf.cast(step, tf.int32))
+  def loss_and_gradients(batch, step, seed, global_size):
     with tf.GradientTape() as tape:
       terms, objective = _objective(model, batch, config, seed, step)
-      loss = -tf.reduce_mean(objective)
-    variables = model.trainable_variables
-    gradients = tape.gradient(loss, variables)
-    metrics = tf.stack([tf.reduce_mean(t) for t in (*terms, objective)])
+      loss = -tf.reduce_sum(objective) / global_size
+    gradients = tape.gradient(loss, model.trainable_variables)
+    sums = tf.stack([tf.reduce_sum(t) for t in (*terms, objective)])
+    finite = tf.math.is_finite(tf.linalg.global_norm(gradients))
+    return gradients, sums, finite
+
+  def replica_step(batch, step):
+    context = tf.distribute.get_replica_context()
+    replicas = context.num_replicas_in_sync
+    seed = tf.random.experimental.stateless_fold_in(
+        latent_seed,
+        tf.cast(step, tf.int32) * replicas + context.replica_id_in_sync_group)
+    global_size = tf.cast(tf.shape(batch)[0] * replicas, tf.float32)
+    gradients, sums, finite = loss_and_gradients(batch, step, seed,
+                                                 global_size)
+    optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+    size = tf.cast(tf.shape(batch)[0], tf.float32)
+    return sums, size, 1. - tf.cast(finite, tf.float32)
+
+  @tf.function
+  def train_step(batch, step):
+    sums, size, nonfinite = [
+        strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+        for value in strategy.run(replica_step, args=(batch, step))]
+    metrics = sums / size
     if guard is not None:
-      guard.observe(step, metrics, gradients)
-    optimizer.apply_gradients(zip(gradients, variables))
+      guard.observe(step, metrics, nonfinite == 0)
     return metrics
 
   return train_step
@@ -210,11 +235,19 @@ def train_and_evaluate(config: Config,
     checkpoints.CheckpointMismatchError: the workdir holds another model.
     data.DataError: a data file is missing or malformed.
     config_lib.ConfigError: the workdir is a file, or the batch is larger
-      than the training set.
+      than the training set or not divisible by the replicas.
+    distribute.StrategyError: the strategy cannot run here.
   """
+  # First, before any other TF op: multi-worker collectives need it.
+  strategy = distribute.make_strategy(config.strategy, config.tpu)
+  chief = distribute.is_chief(strategy)
   if tf.io.gfile.exists(workdir) and not tf.io.gfile.isdir(workdir):
     raise config_lib.ConfigError(
         f'workdir {workdir!r} exists and is not a directory.')
+  if config.batch_size % strategy.num_replicas_in_sync:
+    raise config_lib.ConfigError(
+        f'batch_size {config.batch_size} is not divisible by the '
+        f'{strategy.num_replicas_in_sync} replicas.')
   train_images = data.load_images(config.dataset, 'train', config.data_dir)
   test_images = data.load_images(config.dataset, 'test', config.data_dir)
   steps_per_epoch = data.steps_per_epoch(len(train_images), config.batch_size)
@@ -227,31 +260,41 @@ def train_and_evaluate(config: Config,
     total_steps = min(total_steps, config.max_steps)
 
   keras.utils.set_random_seed(config.seed)  # Weight initialization.
-  model = config_lib.build_model(config)
-  optimizer = keras.optimizers.Adam(
-      config_lib.learning_rate(config, steps_per_epoch))
-  optimizer.build(model.trainable_variables)
-  # Running sums of the batch-mean metrics, checkpointed with the model so a
-  # resumed run logs the same averages as an uninterrupted one.
-  interval_sums = tf.Variable(tf.zeros([len(_TRAIN_METRICS)]),
-                              trainable=False)
-  epoch_sums = tf.Variable(tf.zeros([len(_TRAIN_METRICS)]), trainable=False)
+  with strategy.scope():
+    model = config_lib.build_model(config)
+    optimizer = keras.optimizers.Adam(
+        config_lib.learning_rate(config, steps_per_epoch))
+    optimizer.build(model.trainable_variables)
+    # Running sums of the batch-mean metrics, checkpointed with the model so
+    # a resumed run logs the same averages as an uninterrupted one.
+    interval_sums = tf.Variable(tf.zeros([len(_TRAIN_METRICS)]),
+                                trainable=False)
+    epoch_sums = tf.Variable(tf.zeros([len(_TRAIN_METRICS)]),
+                             trainable=False)
+    guard = NonFiniteGuard()
+  # Every worker resumes from the chief's checkpoints; non-chief workers
+  # take part in saving (it may be collective) into a scratch directory.
+  own_dir = distribute.worker_dir(workdir, strategy)
   manager = checkpoints.make_manager(
-      workdir, config.keep_checkpoints, model=model, optimizer=optimizer,
+      own_dir, config.keep_checkpoints, model=model, optimizer=optimizer,
       interval_sums=interval_sums, epoch_sums=epoch_sums)
-  checkpoints.restore_latest(manager)
-  tf.io.gfile.makedirs(workdir)
-  config_lib.save(workdir, config)
+  checkpoints.restore_latest(manager, os.path.join(workdir, 'checkpoints'))
+  tf.io.gfile.makedirs(own_dir)
+  if chief:
+    config_lib.save(workdir, config)
   step = int(optimizer.iterations.numpy())
 
   jit_compile = resolve_jit_compile(config.jit_compile)
-  logging.info('XLA (jit_compile): %s; %d steps per epoch; step %d of %d.',
-               jit_compile, steps_per_epoch, step, total_steps)
-  guard = NonFiniteGuard()
-  train_step = make_train_step(model, optimizer, config, jit_compile, guard)
+  logging.info('XLA (jit_compile): %s; %d replicas (%s); %d steps per epoch; '
+               'step %d of %d.', jit_compile, strategy.num_replicas_in_sync,
+               config.strategy, steps_per_epoch, step, total_steps)
+  train_step = make_train_step(model, optimizer, config, jit_compile, guard,
+                               strategy)
   eval_step = make_eval_step(model, config, jit_compile)
-  train_writer = tf.summary.create_file_writer(os.path.join(workdir, 'train'))
-  test_writer = tf.summary.create_file_writer(os.path.join(workdir, 'test'))
+  writer = lambda name: (
+      tf.summary.create_file_writer(os.path.join(workdir, name)) if chief
+      else tf.summary.create_noop_writer())
+  train_writer, test_writer = writer('train'), writer('test')
   test_batches = data.eval_batches(test_images, config.eval_batch_size)
 
   figure_seed = tf.constant([config.seed, _FIGURE_STREAM], tf.int32)
@@ -273,8 +316,9 @@ def train_and_evaluate(config: Config,
   with interrupts.deferred_signals() as stop_signals:
     while step < total_steps:
       epoch, epoch_step = divmod(step, steps_per_epoch)
-      for batch in data.epoch_batches(train_images, config.batch_size,
-                                      config.seed, epoch, epoch_step):
+      for batch in distribute.distributed_epoch(
+          strategy, train_images, config.batch_size, config.seed, epoch,
+          epoch_step):
         terms = train_step(batch, tf.constant(step, tf.int64))
         interval_sums.assign_add(terms)
         epoch_sums.assign_add(terms)
@@ -296,14 +340,17 @@ def train_and_evaluate(config: Config,
           })
           progress.update(step - start_step,
                           [('epoch', epoch + 1), *train_metrics.items()])
-        if step % config.image_every == 0:
+        if step % config.image_every == 0 and chief:
           images.write_image_summaries(train_writer, step, pictures())
         if step % steps_per_epoch == 0:
           guard.check()
           epoch_metrics = dict(zip(
               _TRAIN_METRICS, (epoch_sums / steps_per_epoch).numpy()))
           epoch_sums.assign(tf.zeros_like(epoch_sums))
-          test_metrics = evaluate(eval_step, test_batches, config.seed)
+          # Not collective: only the chief evaluates; the others wait at
+          # the next step's all-reduce.
+          test_metrics = (evaluate(eval_step, test_batches, config.seed)
+                          if chief else {})
           _write_scalars(train_writer, step,
                          {f'epoch/{k}': v for k, v in epoch_metrics.items()})
           _write_scalars(test_writer, step, test_metrics)
@@ -319,6 +366,9 @@ def train_and_evaluate(config: Config,
           break
   if step != last_saved_step:
     save()
+  distribute.remove_worker_dir(workdir, strategy)
+  if not chief:
+    return {'train': train_metrics, 'test': {}}
   if not test_metrics:
     test_metrics = evaluate(eval_step, test_batches, config.seed)
     _write_scalars(test_writer, step, test_metrics)

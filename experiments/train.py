@@ -28,6 +28,7 @@ from absl import logging
 from elbo import checkpoints
 from elbo import config as config_lib
 from elbo import data
+from elbo import distribute
 from elbo import flag_utils
 from elbo import train
 
@@ -63,6 +64,11 @@ _HELP = {
             'samples.',
     'jit_compile': 'XLA-compile the train step. auto: only when a GPU or TPU '
                    'is present (on CPU XLA is slower for this model).',
+    'strategy': 'tf.distribute strategy: default (one device), mirrored (all '
+                'local GPUs), multiworker (MultiWorkerMirroredStrategy from '
+                'TF_CONFIG), tpu (TPUStrategy at --tpu).',
+    'tpu': 'For --strategy=tpu: local (a TPU VM), a TPU name, or a '
+           'grpc:// address.',
     'max_steps': 'Stop after this global step (for smoke runs); 0: no cap.',
     'log_every': 'Steps between scalar summaries and progress; >= 1.',
     'image_every': 'Steps between image summaries; >= 1.',
@@ -76,7 +82,8 @@ _HELP = {
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Directory for checkpoints, TensorBoard events and '
     'figures. An existing run there is resumed.', required=True)
-flag_utils.define_dataclass_flags(config_lib.Config, _HELP, config_lib.CHOICES)
+flag_utils.define_dataclass_flags(config_lib.Config, _HELP,
+                                  config_lib.CHOICES)
 flags.register_validator(
     'workdir', lambda path: not os.path.exists(path) or os.path.isdir(path),
     message='--workdir exists and is not a directory.')
@@ -91,7 +98,8 @@ def main(argv):
     logging.warning('%s', e)
     sys.exit(EXIT_INTERRUPTED)
   except (data.DataError, checkpoints.CheckpointMismatchError,
-          config_lib.ConfigError, train.NonFiniteError) as e:
+          config_lib.ConfigError, distribute.StrategyError,
+          train.NonFiniteError) as e:
     sys.exit(f'Error: {e}')
 
 

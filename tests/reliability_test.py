@@ -122,11 +122,13 @@ def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(
   bad_step = 6  # The 6th step sees NaN pixels; ckpt-4 is the last good one.
   clean_batches = data.epoch_batches
 
-  def poisoned_batches(images, batch_size, seed, epoch, start_step=0):
+  def poisoned_batches(images, batch_size, seed, epoch, start_step=0,
+                       **kwargs):
     steps_per_epoch = data.steps_per_epoch(len(images), batch_size)
     first = epoch * steps_per_epoch + start_step + 1
-    return clean_batches(images, batch_size, seed, epoch, start_step).enumerate(
-    ).map(lambda i, batch: batch * tf.where(i + first == bad_step, np.nan, 1.))
+    return clean_batches(images, batch_size, seed, epoch, start_step,
+                         **kwargs).enumerate().map(
+        lambda i, batch: batch * tf.where(i + first == bad_step, np.nan, 1.))
 
   monkeypatch.setattr(data, 'epoch_batches', poisoned_batches)
   config = train.Config(data_dir=data_dir, batch_size=32, max_steps=12,

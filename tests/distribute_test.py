@@ -1,0 +1,155 @@
+"""tf.distribute: mirrored replicas, two workers on localhost, the TPU path.
+
+Each case runs in a subprocess: logical devices and multi-worker collectives
+must be configured before TensorFlow initializes, once per process.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from elbo import config as config_lib
+from elbo import distribute
+import conftest
+
+_MIRRORED_VS_DEFAULT = textwrap.dedent('''
+    import json, sys
+    import keras, numpy as np, tensorflow as tf
+    cpu = tf.config.list_physical_devices('CPU')[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from elbo import config as config_lib, data, distribute, train
+    images = data.load_images('mnist', 'test', sys.argv[1])
+    # Many latent samples: the replicas draw other samples than one device.
+    config = train.Config(batch_size=16, num_samples=200)
+    out = {}
+    for name, strategy in (
+        ('default', tf.distribute.get_strategy()),
+        ('mirrored', tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1']))):
+      keras.utils.set_random_seed(0)
+      with strategy.scope():
+        model = config_lib.build_model(config)
+        optimizer = keras.optimizers.SGD(1.0)  # update = -gradient
+        optimizer.build(model.trainable_variables)
+      before = [v.numpy() for v in model.trainable_variables]
+      step = train.make_train_step(model, optimizer, config, False, None,
+                                   strategy)
+      batch = next(iter(distribute.distributed_epoch(
+          strategy, images, 16, seed=0, epoch=0)))
+      metrics = step(batch, tf.constant(0, tf.int64)).numpy()
+      gradient = np.concatenate([(b - v.numpy()).ravel() for b, v in
+                                 zip(before, model.trainable_variables)])
+      out[name] = {'replicas': strategy.num_replicas_in_sync,
+                   'metrics': metrics.tolist(), 'gradient': gradient.tolist()}
+    print(json.dumps(out))
+''')
+
+
+def _python(code: str, *args: str, env=None, **kwargs):
+  env = dict(os.environ if env is None else env, PYTHONPATH=conftest.REPO_ROOT,
+             TF_CPP_MIN_LOG_LEVEL='2')
+  return subprocess.run([sys.executable, '-c', code, *args], env=env,
+                        capture_output=True, text=True, timeout=600, **kwargs)
+
+
+def test_mirrored_matches_default_on_the_same_global_batch(data_dir):
+  result = _python(_MIRRORED_VS_DEFAULT, data_dir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = json.loads(result.stdout.strip().splitlines()[-1])
+  default, mirrored = out['default'], out['mirrored']
+  assert (default['replicas'], mirrored['replicas']) == (1, 2)
+  print('default', default['metrics'], 'mirrored', mirrored['metrics'])
+  # Loss terms averaged over the global batch (a per-replica average would
+  # be off by 2x in the gradients, and the sums by 2x in the metrics).
+  np.testing.assert_allclose(mirrored['metrics'], default['metrics'],
+                             atol=0.1)
+  a, b = np.array(default['gradient']), np.array(mirrored['gradient'])
+  norm_ratio = np.linalg.norm(b) / np.linalg.norm(a)
+  cosine = a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+  print('gradient norm ratio', norm_ratio, 'cosine', cosine)
+  assert abs(norm_ratio - 1) < 0.05 and cosine > 0.99
+
+
+_WORKER = textwrap.dedent('''
+    import hashlib, json, os, sys
+    from absl import logging
+    import tensorflow as tf
+    from elbo import distribute, train
+    logging.set_verbosity(logging.INFO)
+
+    remove_worker_dir = distribute.remove_worker_dir
+
+    def print_digest_then_remove(workdir, strategy):
+      """Digests of the trained variables in this worker's last checkpoint
+      (the chief's in the workdir, a worker's in its scratch directory)."""
+      own = os.path.join(distribute.worker_dir(workdir, strategy),
+                         'checkpoints')
+      reader = tf.train.load_checkpoint(own)
+      print(json.dumps({
+          name: hashlib.sha256(reader.get_tensor(name).tobytes()).hexdigest()
+          for name in reader.get_variable_to_shape_map()
+          if name.startswith('optimizer/')}))  # Weights, Adam moments.
+      remove_worker_dir(workdir, strategy)
+
+    distribute.remove_worker_dir = print_digest_then_remove
+    config = train.Config(data_dir=sys.argv[1], strategy='multiworker',
+                          batch_size=16, max_steps=4, log_every=2,
+                          checkpoint_every=2, image_every=1000,
+                          eval_batch_size=1000)
+    train.train_and_evaluate(config, sys.argv[2])
+''')
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_two_workers_on_localhost_train_together(data_dir, tmp_path):
+  workers = [f'127.0.0.1:{_free_port()}' for _ in range(2)]
+  workdir = str(tmp_path / 'run')
+  processes = []
+  for index in range(2):
+    env = dict(os.environ, TF_CONFIG=json.dumps({
+        'cluster': {'worker': workers},
+        'task': {'type': 'worker', 'index': index}}))
+    env.update(PYTHONPATH=conftest.REPO_ROOT, TF_CPP_MIN_LOG_LEVEL='2')
+    processes.append(subprocess.Popen(
+        [sys.executable, '-c', _WORKER, data_dir, workdir], env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  outputs = [p.communicate(timeout=600) for p in processes]
+  for process, (_, stderr) in zip(processes, outputs):
+    assert process.returncode == 0, stderr[-3000:]
+    assert '2 replicas (multiworker)' in stderr
+  # Both workers end with identical parameters.
+  chief, worker = [json.loads(out.strip().splitlines()[-1])
+                   for out, _ in outputs]
+  assert len(chief) >= 16 and chief == worker
+  # The chief (worker 0) alone wrote checkpoints and events; worker 1's
+  # scratch checkpoints are gone.
+  assert sorted(os.listdir(workdir)) == [
+      'checkpoints', 'config.json', 'prior_samples.png',
+      'reconstructions.png', 'test', 'train']
+  assert len(os.listdir(os.path.join(workdir, 'train'))) == 1
+  steps = sorted({step for tag, step, _ in conftest.read_events(
+      os.path.join(workdir, 'train')) if tag == 'elbo'})
+  assert steps == [2, 4]
+  assert 'Restored' not in outputs[1][1]
+
+
+def test_tpu_without_a_tpu_is_a_clear_error():
+  with pytest.raises(distribute.StrategyError, match="No TPU found at 'local'"):
+    distribute.make_strategy('tpu', 'local')
+
+
+def test_strategy_flag_values():
+  assert config_lib.CHOICES['strategy'] == distribute.STRATEGIES
+  with pytest.raises(config_lib.ConfigError, match='strategy must be one of'):
+    config_lib.Config(strategy='horovod')
