@@ -572,12 +572,18 @@ def run_benchmark(names: List[str], batch_size: int, data_dir: Optional[str],
         'gflops_per_second': rate / 1e9,
         # The least disturbed repeat, for a machine with other load.
         'best_images_per_second': batch_size / min(seconds[name]),
+        'best_gflops_per_second': flops_per_step / min(seconds[name]) / 1e9,
         'fraction_of_matmul': rate / 1e9 / references[
             'matmul_' + _PRECISION[name]]['gflops_per_second'],
         'fraction_of_fp32_matmul': rate / 1e9 / references[
             'matmul_fp32']['gflops_per_second'],
         'fraction_of_bf16_matmul': rate / 1e9 / references[
             'matmul_bf16']['gflops_per_second'],
+        # Best repeat over best repeat: less sensitive to load that comes
+        # and goes (a matmul, one op on all cores, suffers more from it).
+        'best_fraction_of_matmul': flops_per_step / min(seconds[name]) /
+                                   1e9 / references['matmul_' + _PRECISION[
+                                       name]]['best_gflops_per_second'],
     }
   ratios = {}
   for ratio, numerator, denominator in _RATIOS:
@@ -622,13 +628,14 @@ def run_benchmark(names: List[str], batch_size: int, data_dir: Optional[str],
 def format_table(results: Dict) -> str:
   lines = [f'{"candidate":<11} {"images/s":>9} {"(best)":>8} '
            f'{"ms/step":>9} {"GFLOP/s":>9} {"of fp32 mm":>10} '
-           f'{"of bf16 mm":>10}']
+           f'{"of bf16 mm":>10} {"best/best":>9}']
   for name, r in results['candidates'].items():
     lines.append(f'{name:<11} {r["images_per_second"]:9.1f} '
                  f'{r["best_images_per_second"]:8.1f} '
                  f'{r["ms_per_step"]:9.1f} {r["gflops_per_second"]:9.1f} '
                  f'{r["fraction_of_fp32_matmul"]:10.2f} '
-                 f'{r["fraction_of_bf16_matmul"]:10.2f}')
+                 f'{r["fraction_of_bf16_matmul"]:10.2f} '
+                 f'{r["best_fraction_of_matmul"]:9.2f}')
   for name, r in results['references'].items():
     lines.append(f'{name:<11} {"":>9} {"":>8} {"":>9} '
                  f'{r["gflops_per_second"]:9.1f}   ({r["size"]}^3 matmul; '
@@ -653,6 +660,9 @@ def format_table(results: Dict) -> str:
   lines.append('load average before/after: ' + ' / '.join(
       ' '.join(f'{x:.1f}' for x in results['load_average'][k])
       for k in ('before', 'after')))
+  lines.append('"of fp32/bf16 mm": median GFLOP/s over the median matmul '
+               'rate; "best/best": best repeat over the best matmul repeat '
+               'of the same precision.')
   lines.append(results['note'])
   if 'profile' in results:
     p = results['profile']

@@ -54,6 +54,7 @@ def test_smoke_run_writes_valid_json(tmp_path):
   for name, candidate in results['candidates'].items():
     for key in ('ms_per_step', 'images_per_second', 'gflops_per_second',
                 'fraction_of_matmul', 'fraction_of_fp32_matmul',
+                'best_fraction_of_matmul', 'best_gflops_per_second',
                 'fraction_of_bf16_matmul'):
       assert _positive_finite(candidate[key]), (name, key, candidate[key])
     assert len(candidate['seconds_per_step']) == 1
