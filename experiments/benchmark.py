@@ -44,6 +44,7 @@ import os
 import platform
 import re
 import statistics
+import sys
 import time
 from typing import Callable, Dict, List, Optional
 
@@ -687,10 +688,13 @@ def main(argv):
     raise app.UsageError(f'--data_dir {_DATA_DIR.value!r} is not a '
                          'directory.')
   names = [n for n in CANDIDATES if n in _CANDIDATES.value]
-  results = run_benchmark(
-      names, _BATCH_SIZE.value, _DATA_DIR.value, seed=_SEED.value,
-      profile_name=_PROFILE.value, profile_steps=_PROFILE_STEPS.value,
-      workdir=_WORKDIR.value, **settings)
+  try:
+    results = run_benchmark(
+        names, _BATCH_SIZE.value, _DATA_DIR.value, seed=_SEED.value,
+        profile_name=_PROFILE.value, profile_steps=_PROFILE_STEPS.value,
+        workdir=_WORKDIR.value, **settings)
+  except data.DataError as e:  # A missing or malformed MNIST file.
+    sys.exit(f'Error: {e}')
   output = _OUTPUT.value or os.path.join(_WORKDIR.value, 'benchmark.json')
   if os.path.dirname(output):
     tf.io.gfile.makedirs(os.path.dirname(output))
