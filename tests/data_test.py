@@ -1,7 +1,6 @@
 """Tests of elbo.data: local files, TFDS, binarization, batching, errors."""
 
 import gzip
-import os
 import struct
 
 import numpy as np
