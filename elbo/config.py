@@ -70,6 +70,7 @@ class Config:
   strategy: str = 'default'  # See elbo.distribute.STRATEGIES.
   tpu: str = 'local'  # strategy='tpu': a TPU name or grpc:// address.
   max_steps: int = 0  # 0: no cap beyond `epochs`.
+  steps_per_call: int = 10  # Training steps per tf.function call.
   log_every: int = 50
   image_every: int = 500
   checkpoint_every: int = 500
@@ -82,7 +83,7 @@ class Config:
         raise ConfigError(f'{name} must be one of {choices}, got '
                          f'{getattr(self, name)!r}.')
     for name in ('epochs', 'batch_size', 'num_samples', 'prior_components',
-                 'log_every', 'image_every', 'checkpoint_every',
+                 'steps_per_call', 'log_every', 'image_every', 'checkpoint_every',
                  'keep_checkpoints', 'eval_batch_size'):
       if getattr(self, name) < 1:
         raise ConfigError(

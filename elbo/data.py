@@ -29,13 +29,15 @@ import tensorflow as tf
 __all__ = [
     'DATASETS',
     'DataError',
+    'batch_indices',
     'binarize',
-    'epoch_batches',
     'eval_batches',
     'load_images',
     'read_amat',
     'read_idx_images',
+    'resident_images',
     'steps_per_epoch',
+    'training_batch',
 ]
 
 # dataset -> split -> local file name (without .gz).
@@ -190,7 +192,7 @@ def binarize(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
   """Pixel ~ Bernoulli(intensity / 255), as float32 in {0, 1}.
 
   Args:
-    images: uint8 intensities.
+    images: intensities in [0, 255] (uint8, or float holding integers).
     seed: a stateless seed, shape `[2]`.
   """
   uniform = tf.random.stateless_uniform(tf.shape(images), seed)
@@ -203,59 +205,67 @@ def steps_per_epoch(num_images: int, batch_size: int) -> int:
   return num_images // batch_size
 
 
-def epoch_batches(images: np.ndarray, batch_size: int, seed: int, epoch: int,
-                  start_step: int = 0, num_replicas: int = 1,
-                  replicas: Sequence[int] = (0,)) -> tf.data.Dataset:
-  """One epoch of shuffled, freshly binarized training batches.
+def _epoch_seed(seed: int, epoch: tf.Tensor) -> tf.Tensor:
+  # int32 epoch: the seeds of runs written before this code stay the same.
+  return tf.random.experimental.stateless_fold_in(
+      tf.constant([seed, 0], tf.int64), tf.cast(epoch, tf.int32))
 
-  The permutation is keyed on (seed, epoch) and the binarization of a whole
-  global batch on (seed, epoch, step), so `start_step` resumes mid-epoch
-  exactly, and splitting a batch across replicas does not change its
-  pixels.
 
-  Args:
-    images: uint8 intensities `[N, 28, 28, 1]`.
-    batch_size: the global batch size.
-    seed: the run's seed.
-    epoch: which epoch (keys the order and the binarization).
-    start_step: first step of the epoch to yield.
-    num_replicas: split every global batch into this many equal parts
-      (for `tf.distribute`: the number of replicas in sync).
-    replicas: which parts to yield, in order, for each step (the replicas
-      this input pipeline feeds).
+def batch_indices(num_images: int, batch_size: int, seed: int,
+                  step: tf.Tensor) -> tf.Tensor:
+  """Which images make up the global batch of training step `step`.
+
+  Each epoch is a permutation keyed on (seed, epoch), cut into
+  `steps_per_epoch` full batches; a pure function of the step, so a resumed
+  run picks up exactly where the interrupted one was.
 
   Returns:
-    A dataset of float32 batches `[batch_size / num_replicas, 28, 28, 1]`:
-    for each step from `start_step` on, the parts `replicas` in order.
+    int64 indices `[batch_size]`.
   """
-  num_steps = steps_per_epoch(len(images), batch_size)
+  num_steps = steps_per_epoch(num_images, batch_size)
   if num_steps == 0:
-    raise ValueError(f'batch_size {batch_size} exceeds the {len(images)} '
+    raise ValueError(f'batch_size {batch_size} exceeds the {num_images} '
                      'training images.')
-  if batch_size % num_replicas:
-    raise ValueError(f'batch_size {batch_size} is not divisible by the '
-                     f'{num_replicas} replicas.')
-  epoch_seed = tf.random.experimental.stateless_fold_in(
-      tf.constant([seed, 0], tf.int64), epoch)
+  step = tf.convert_to_tensor(step, tf.int64)
   order = tf.random.experimental.stateless_shuffle(
-      tf.range(len(images), dtype=tf.int64), seed=epoch_seed)
-  batch_indices = tf.reshape(order[:num_steps * batch_size],
-                             [num_steps, batch_size])
-  images = tf.constant(images)
-  replicas = tf.constant(replicas, tf.int32)
+      tf.range(num_images, dtype=tf.int64),
+      seed=_epoch_seed(seed, step // num_steps))
+  return tf.slice(order, [step % num_steps * batch_size], [batch_size])
 
-  def make_parts(step, indices):
-    step_seed = tf.random.experimental.stateless_fold_in(epoch_seed, step)
-    batch = binarize(tf.gather(images, indices), step_seed)
-    parts = tf.reshape(batch, [num_replicas, -1, *batch.shape[1:]])
-    return tf.gather(parts, replicas)
 
-  steps = tf.range(num_steps, dtype=tf.int64)
-  return (tf.data.Dataset.from_tensor_slices((steps, batch_indices))
-          .skip(start_step)
-          .map(make_parts, num_parallel_calls=tf.data.AUTOTUNE)
-          .unbatch()
-          .prefetch(tf.data.AUTOTUNE))
+def training_batch(images: tf.Tensor, batch_size: int, seed: int,
+                   step: tf.Tensor) -> tf.Tensor:
+  """The freshly binarized global batch of training step `step`.
+
+  Runs in the graph, next to the model, on images already on the device
+  (see `resident_images`): no Python iterator and no per-step copy from the
+  host. Binarization is keyed on (seed, epoch, step in epoch), and a batch
+  split across replicas keeps its pixels.
+
+  Args:
+    images: intensities in [0, 255], `[N, 28, 28, 1]`.
+    batch_size: the global batch size.
+    seed: the run's seed.
+    step: the global training step, a scalar.
+
+  Returns:
+    float32 pixels in {0, 1}, `[batch_size, 28, 28, 1]`.
+  """
+  num_steps = steps_per_epoch(images.shape[0], batch_size)
+  indices = batch_indices(images.shape[0], batch_size, seed, step)
+  step = tf.convert_to_tensor(step, tf.int64)
+  step_seed = tf.random.experimental.stateless_fold_in(
+      _epoch_seed(seed, step // num_steps), step % num_steps)
+  return binarize(tf.gather(images, indices), step_seed)
+
+
+def resident_images(images: np.ndarray) -> tf.Variable:
+  """The training images as a variable on the default device (the GPU or
+  TPU host, if any), for `training_batch`. float32, which every device
+  supports for variables and gathers (uint8 is not), holds 0..255 exactly.
+  Not trainable, and not part of any checkpoint."""
+  return tf.Variable(images.astype(np.float32), trainable=False,
+                     name='train_images')
 
 
 def eval_batches(images: np.ndarray, batch_size: int,

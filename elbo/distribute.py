@@ -1,21 +1,18 @@
-"""`tf.distribute` for the training binary: strategies, the chief, data.
+"""`tf.distribute` for the training binary: strategies and the chief.
 
 We write no distribution of our own: the train step runs under the chosen
-strategy (`strategy.run`), the loss is averaged over the global batch, and
-only the chief writes checkpoints, summaries and figures.
+strategy (`strategy.run`), each replica takes its part of the global batch,
+the loss is averaged over the global batch, and only the chief writes
+checkpoints, summaries and figures.
 """
 
 import os
 import shutil
-from typing import Optional
 
-import numpy as np
 import tensorflow as tf
 
-from elbo import data
-
-__all__ = ['STRATEGIES', 'StrategyError', 'distributed_epoch', 'is_chief',
-           'make_strategy', 'remove_worker_dir', 'worker_dir']
+__all__ = ['STRATEGIES', 'StrategyError', 'is_chief', 'make_strategy',
+           'remove_worker_dir', 'worker_dir']
 
 # default: one device. mirrored: all local devices (GPUs, else the CPU).
 # multiworker: MultiWorkerMirroredStrategy, the cluster from TF_CONFIG.
@@ -76,21 +73,3 @@ def worker_dir(workdir: str, strategy: tf.distribute.Strategy) -> str:
 def remove_worker_dir(workdir: str, strategy: tf.distribute.Strategy) -> None:
   if not is_chief(strategy):
     shutil.rmtree(worker_dir(workdir, strategy), ignore_errors=True)
-
-
-def distributed_epoch(strategy: tf.distribute.Strategy, images: np.ndarray,
-                      batch_size: int, seed: int, epoch: int,
-                      start_step: int = 0):
-  """One epoch of global batches of `batch_size`, split over the replicas:
-  replica r of R gets part r of every global batch (the same pixels as an
-  undistributed run would see)."""
-  num_replicas = strategy.num_replicas_in_sync
-
-  def dataset_fn(context: Optional[tf.distribute.InputContext]):
-    per_pipeline = num_replicas // context.num_input_pipelines
-    first = context.input_pipeline_id * per_pipeline
-    return data.epoch_batches(images, batch_size, seed, epoch, start_step,
-                              num_replicas=num_replicas,
-                              replicas=range(first, first + per_pipeline))
-
-  return strategy.distribute_datasets_from_function(dataset_fn)

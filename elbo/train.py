@@ -32,7 +32,8 @@ from elbo import models
 
 __all__ = ['Config', 'NonFiniteError', 'NonFiniteGuard',
            'TrainingInterrupted', 'evaluate', 'make_eval_step',
-           'make_train_step', 'resolve_jit_compile', 'train_and_evaluate']
+           'make_train_loop', 'make_train_step', 'resolve_jit_compile',
+           'steps_to_next_event', 'train_and_evaluate']
 
 Config = config_lib.Config
 _TERMS = losses.ElboTerms._fields  # ('elbo', 'reconstruction', 'kl')
@@ -133,14 +134,14 @@ def make_train_step(model: models.VAE, optimizer: keras.optimizers.Optimizer,
   """Returns `train_step(batch, step) -> [elbo, reconstruction, kl,
   objective]`, means over the global batch.
 
-  `batch` is one batch, or under `strategy` a distributed one (replica r
-  holding part r of the global batch). Each replica's loss is minus its
-  objective summed and divided by the global batch size, so the all-reduced
-  (summed) gradients are those of the global mean, whatever the number of
-  replicas. The ELBO's terms come back separately for logging. `step`
-  (int64 scalar, the global step) keys the latent draws, so a step computes
-  the same thing whenever it runs. XLA (`jit_compile`) compiles each
-  replica's loss and gradients, and on a single replica the update too.
+  `batch` is the global batch; under `strategy`, replica r of R trains on
+  its part r of R. Each replica's loss is minus its objective summed and
+  divided by the global batch size, so the all-reduced (summed) gradients
+  are those of the global mean, whatever the number of replicas. The
+  ELBO's terms come back separately for logging. `step` (int64 scalar, the
+  global step) keys the latent draws, so a step computes the same thing
+  whenever it runs. XLA (`jit_compile`) compiles each replica's loss and
+  gradients, and on a single replica the update too.
   """
   strategy = strategy or tf.distribute.get_strategy()
   latent_seed = tf.constant([config.seed, _LATENT_STREAM], tf.int32)
@@ -155,13 +156,15 @@ def make_train_step(model: models.VAE, optimizer: keras.optimizers.Optimizer,
     finite = tf.math.is_finite(tf.linalg.global_norm(gradients))
     return gradients, sums, finite
 
-  def replica_step(batch, step):
+  def replica_step(global_batch, step):
     context = tf.distribute.get_replica_context()
     replicas = context.num_replicas_in_sync
+    replica = context.replica_id_in_sync_group
+    batch = tf.reshape(global_batch,
+                       [replicas, -1, *global_batch.shape[1:]])[replica]
     seed = tf.random.experimental.stateless_fold_in(
-        latent_seed,
-        tf.cast(step, tf.int32) * replicas + context.replica_id_in_sync_group)
-    global_size = tf.cast(tf.shape(batch)[0] * replicas, tf.float32)
+        latent_seed, tf.cast(step, tf.int32) * replicas + replica)
+    global_size = tf.cast(tf.shape(global_batch)[0], tf.float32)
     gradients, sums, finite = loss_and_gradients(batch, step, seed,
                                                  global_size)
     optimizer.apply_gradients(zip(gradients, model.trainable_variables))
@@ -184,6 +187,40 @@ def make_train_step(model: models.VAE, optimizer: keras.optimizers.Optimizer,
     return metrics
 
   return train_step
+
+
+def make_train_loop(train_step, images: tf.Variable, batch_size: int,
+                    seed: int):
+  """Returns `train_steps(first_step, num_steps) -> metric sums`: runs
+  `train_step` on steps first_step, ..., first_step + num_steps - 1 in one
+  `tf.function` call, making each batch in the graph from the resident
+  `images` (`data.training_batch`). Several steps per call cut Python
+  dispatch, which matters on accelerators. Returns the sum over the steps
+  of `train_step`'s per-step means.
+  """
+
+  @tf.function
+  def train_steps(first_step, num_steps):
+    sums = tf.zeros([len(_TRAIN_METRICS)])
+    for step in tf.range(first_step, first_step + num_steps):
+      batch = data.training_batch(images, batch_size, seed, step)
+      sums += train_step(batch, step)
+    return sums
+
+  return train_steps
+
+
+def steps_to_next_event(step: int, config: Config, steps_per_epoch: int,
+                        total_steps: int) -> int:
+  """How many steps one call may run: up to `config.steps_per_call`, but
+  never past the next log, image, checkpoint, end of epoch or of training,
+  so that every one of these happens at exactly the step it would with one
+  step per call."""
+  boundaries = [step + config.steps_per_call, total_steps]
+  for every in (config.log_every, config.image_every,
+                config.checkpoint_every, steps_per_epoch):
+    boundaries.append((step // every + 1) * every)
+  return min(boundaries) - step
 
 
 def make_eval_step(model: models.VAE, config: Config, jit_compile: bool):
@@ -293,8 +330,9 @@ def train_and_evaluate(config: Config,
   logging.info('XLA (jit_compile): %s; %d replicas (%s); %d steps per epoch; '
                'step %d of %d.', jit_compile, strategy.num_replicas_in_sync,
                config.strategy, steps_per_epoch, step, total_steps)
-  train_step = make_train_step(model, optimizer, config, jit_compile, guard,
-                               strategy)
+  train_steps = make_train_loop(
+      make_train_step(model, optimizer, config, jit_compile, guard, strategy),
+      data.resident_images(train_images), config.batch_size, config.seed)
   eval_step = make_eval_step(model, config, jit_compile)
   writer = lambda name: (
       tf.summary.create_file_writer(os.path.join(workdir, name)) if chief
@@ -320,55 +358,53 @@ def train_and_evaluate(config: Config,
   interval_start_time, interval_start_step = time.perf_counter(), step
   with interrupts.deferred_signals() as stop_signals:
     while step < total_steps:
-      epoch, epoch_step = divmod(step, steps_per_epoch)
-      for batch in distribute.distributed_epoch(
-          strategy, train_images, config.batch_size, config.seed, epoch,
-          epoch_step):
-        terms = train_step(batch, tf.constant(step, tf.int64))
-        interval_sums.assign_add(terms)
-        epoch_sums.assign_add(terms)
-        step += 1
-        if step % config.log_every == 0 or step == total_steps:
-          guard.check()
-          since_log = step - (step - 1) // config.log_every * config.log_every
-          train_metrics = dict(zip(_TRAIN_METRICS,
-                                   (interval_sums / since_log).numpy()))
-          interval_sums.assign(tf.zeros_like(interval_sums))
-          elapsed = time.perf_counter() - interval_start_time
-          examples_per_second = ((step - interval_start_step) *
-                                 config.batch_size / elapsed)
-          interval_start_time, interval_start_step = time.perf_counter(), step
-          _write_scalars(train_writer, step, {
-              **train_metrics,
-              'learning_rate': float(optimizer.learning_rate.numpy()),
-              'examples_per_second': examples_per_second,
-          })
-          progress.update(step - start_step,
-                          [('epoch', epoch + 1), *train_metrics.items()])
-        if step % config.image_every == 0 and chief:
-          images.write_image_summaries(train_writer, step, pictures())
-        if step % steps_per_epoch == 0:
-          guard.check()
-          epoch_metrics = dict(zip(
-              _TRAIN_METRICS, (epoch_sums / steps_per_epoch).numpy()))
-          epoch_sums.assign(tf.zeros_like(epoch_sums))
-          # Not collective: only the chief evaluates; the others wait at
-          # the next step's all-reduce.
-          test_metrics = (evaluate(eval_step, test_batches, config.seed)
-                          if chief else {})
-          _write_scalars(train_writer, step,
-                         {f'epoch/{k}': v for k, v in epoch_metrics.items()})
-          _write_scalars(test_writer, step, test_metrics)
-          logging.info('Epoch %d (step %d): train %s; test %s', epoch + 1,
-                       step, _format(epoch_metrics), _format(test_metrics))
-        if (step % config.checkpoint_every == 0 or
-            step % steps_per_epoch == 0 or stop_signals):
-          save()
-          last_saved_step = step
-        if stop_signals:
-          raise TrainingInterrupted(step, stop_signals[0])
-        if step >= total_steps:
-          break
+      epoch = step // steps_per_epoch
+      num_steps = steps_to_next_event(step, config, steps_per_epoch,
+                                      total_steps)
+      terms = train_steps(tf.constant(step, tf.int64),
+                          tf.constant(num_steps, tf.int64))
+      interval_sums.assign_add(terms)
+      epoch_sums.assign_add(terms)
+      step += num_steps
+      if step % config.log_every == 0 or step == total_steps:
+        guard.check()
+        since_log = step - (step - 1) // config.log_every * config.log_every
+        train_metrics = dict(zip(_TRAIN_METRICS,
+                                 (interval_sums / since_log).numpy()))
+        interval_sums.assign(tf.zeros_like(interval_sums))
+        elapsed = time.perf_counter() - interval_start_time
+        examples_per_second = ((step - interval_start_step) *
+                               config.batch_size / elapsed)
+        interval_start_time, interval_start_step = time.perf_counter(), step
+        _write_scalars(train_writer, step, {
+            **train_metrics,
+            'learning_rate': float(optimizer.learning_rate.numpy()),
+            'examples_per_second': examples_per_second,
+        })
+        progress.update(step - start_step,
+                        [('epoch', epoch + 1), *train_metrics.items()])
+      if step % config.image_every == 0 and chief:
+        images.write_image_summaries(train_writer, step, pictures())
+      if step % steps_per_epoch == 0:
+        guard.check()
+        epoch_metrics = dict(zip(
+            _TRAIN_METRICS, (epoch_sums / steps_per_epoch).numpy()))
+        epoch_sums.assign(tf.zeros_like(epoch_sums))
+        # Not collective: only the chief evaluates; the others wait at the
+        # next step's all-reduce.
+        test_metrics = (evaluate(eval_step, test_batches, config.seed)
+                        if chief else {})
+        _write_scalars(train_writer, step,
+                       {f'epoch/{k}': v for k, v in epoch_metrics.items()})
+        _write_scalars(test_writer, step, test_metrics)
+        logging.info('Epoch %d (step %d): train %s; test %s', epoch + 1,
+                     step, _format(epoch_metrics), _format(test_metrics))
+      if (step % config.checkpoint_every == 0 or
+          step % steps_per_epoch == 0 or stop_signals):
+        save()
+        last_saved_step = step
+      if stop_signals:
+        raise TrainingInterrupted(step, stop_signals[0])
   if step != last_saved_step:
     save()
   distribute.remove_worker_dir(workdir, strategy)

@@ -4,10 +4,14 @@ r"""Times the training step of the blog's VAE, four ways, side by side.
 
 Candidates (`--candidates`, a comma list; default all):
 
-  ours       our GradientTape step (elbo.train.make_train_step), float32,
-             no XLA: TensorFlow's own (oneDNN) kernels on CPU
-  ours_xla   the same step with jit_compile=True (XLA)
-  ours_bf16  the same step, no XLA, precision mixed_bfloat16
+  ours       our training loop (elbo.train.make_train_loop): the
+             GradientTape step, float32, no XLA (TensorFlow's own oneDNN
+             kernels on CPU), batches made in the graph from the resident
+             images, --steps_per_call steps per tf.function call
+  ours_host_data  the same step, one step per call, its batches from a
+             tf.data iterator on the host: the input pipeline we replaced
+  ours_xla   the loop with jit_compile=True (XLA)
+  ours_bf16  the loop, no XLA, precision mixed_bfloat16
   blog_fit   the blog's way: the same architecture in tf_keras with
              tfp.layers heads (MultivariateNormalTriL with a
              KLDivergenceRegularizer, IndependentBernoulli), loss = negative
@@ -61,19 +65,24 @@ from elbo import models
 from elbo import train
 
 CANDIDATES = {
-    'ours': 'our GradientTape step, float32, no XLA (TF/oneDNN kernels)',
+    'ours': 'our training loop, float32, no XLA (TF/oneDNN kernels), '
+            'batches made in the graph',
+    'ours_host_data': 'our step, float32, no XLA, one step per call, '
+                      'batches from a host tf.data iterator',
     'ours_xla': 'our GradientTape step, float32, jit_compile=True (XLA)',
     'ours_bf16': 'our GradientTape step, mixed_bfloat16, no XLA',
     'blog_fit': 'the blog: tf_keras + tfp.layers, model.fit, float32, no XLA',
 }
 # Which matmul reference each candidate's compute runs at.
-_PRECISION = {'ours': 'fp32', 'ours_xla': 'fp32', 'ours_bf16': 'bf16',
-              'blog_fit': 'fp32'}
+_PRECISION = {'ours': 'fp32', 'ours_host_data': 'fp32', 'ours_xla': 'fp32',
+              'ours_bf16': 'bf16', 'blog_fit': 'fp32'}
 _REFERENCES = ('matmul_fp32', 'matmul_bf16')
 # (name, numerator, denominator): throughput ratios printed and saved.
 _RATIOS = (('xla_over_no_xla', 'ours_xla', 'ours'),
            ('bf16_over_fp32', 'ours_bf16', 'ours'),
-           ('ours_over_fit', 'ours', 'blog_fit'))
+           ('ours_over_fit', 'ours', 'blog_fit'),
+           ('bf16_over_fit', 'ours_bf16', 'blog_fit'),
+           ('resident_over_host_data', 'ours', 'ours_host_data'))
 _NUM_DISTINCT_BATCHES = 4
 _SMOKE = {'warmup_steps': 1, 'steps': 2, 'repeats': 1, 'matmul_size': 256}
 _NOTE = ('Absolute rates depend on what else runs on the machine (compare '
@@ -118,6 +127,10 @@ _PROFILE_STEPS = flags.DEFINE_integer('profile_steps', 5,
                                       'Steps traced by --profile.',
                                       lower_bound=1)
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of weights and fake data.')
+_STEPS_PER_CALL = flags.DEFINE_integer(
+    'steps_per_call', config_lib.Config().steps_per_call,
+    'Training steps per tf.function call of our loop (as train.py).',
+    lower_bound=1)
 
 flags.register_validator(
     'candidates', lambda names: bool(names) and set(names) <= set(CANDIDATES),
@@ -268,20 +281,26 @@ def hlo_flops(hlo_text: str) -> Dict[str, int]:
 # ----------------------------------------------------------- candidates ----
 
 
-def make_batches(batch_size: int, data_dir: Optional[str],
-                 seed: int) -> tf.Tensor:
-  """A few distinct binarized batches, [n, batch, 28, 28, 1] float32."""
+def make_images(batch_size: int, data_dir: Optional[str],
+                seed: int) -> np.ndarray:
+  """uint8 training images: MNIST's, or random black-and-white ones (a few
+  batches' worth; the step costs the same)."""
   if data_dir:
-    images = data.load_images('mnist', 'train', data_dir)
-    return tf.stack(list(data.epoch_batches(images, batch_size, seed, 0)
-                         .take(_NUM_DISTINCT_BATCHES)))
-  uniform = tf.random.stateless_uniform(
-      [_NUM_DISTINCT_BATCHES, batch_size, *models.IMAGE_SHAPE], [seed, 0])
-  return tf.cast(uniform < 0.5, tf.float32)
+    return data.load_images('mnist', 'train', data_dir)
+  shape = [_NUM_DISTINCT_BATCHES * batch_size, *models.IMAGE_SHAPE]
+  return np.random.default_rng(seed).choice(
+      np.array([0, 255], np.uint8), size=shape)
+
+
+def make_batches(images: np.ndarray, batch_size: int,
+                 seed: int) -> tf.Tensor:
+  """The first few binarized training batches, [n, batch, 28, 28, 1]."""
+  return tf.stack([data.training_batch(images, batch_size, seed, step)
+                   for step in range(_NUM_DISTINCT_BATCHES)])
 
 
 def _dataset(batches: tf.Tensor) -> tf.data.Dataset:
-  """The same batches for every candidate, cycled, prefetched."""
+  """The same batches, cycled, prefetched: a host-side input pipeline."""
   return (tf.data.Dataset.from_tensor_slices(batches).repeat()
           .prefetch(tf.data.AUTOTUNE))
 
@@ -293,13 +312,14 @@ class Candidate:
                step_fn=None, model=None):
     self.name = name
     self.run = run
-    self.step_fn = step_fn  # Ours: the tf.function, for FLOP counts.
+    self.step_fn = step_fn  # Ours: the one-step tf.function, for FLOPs.
     self.model = model
 
 
-def make_ours(name: str, batches: tf.Tensor, seed: int) -> Candidate:
+def make_ours(name: str, images: np.ndarray, batch_size: int, seed: int,
+              steps_per_call: int) -> Candidate:
   precision = 'mixed_bfloat16' if name == 'ours_bf16' else 'float32'
-  config = config_lib.Config(batch_size=int(batches.shape[1]), seed=seed,
+  config = config_lib.Config(batch_size=batch_size, seed=seed,
                              precision=precision)
   keras.utils.set_random_seed(seed)
   model = config_lib.build_model(config)
@@ -308,16 +328,28 @@ def make_ours(name: str, batches: tf.Tensor, seed: int) -> Candidate:
   step_fn = train.make_train_step(model, optimizer, config,
                                   jit_compile=(name == 'ours_xla'),
                                   guard=train.NonFiniteGuard())
-  iterator = iter(_dataset(batches))
   step = 0
+  if name == 'ours_host_data':
+    iterator = iter(_dataset(make_batches(images, batch_size, seed)))
+    run_steps = lambda first, count: sum(
+        step_fn(next(iterator), tf.constant(s, tf.int64))
+        for s in range(first, first + count))
+    steps_per_call = 1
+  else:
+    train_steps = train.make_train_loop(step_fn, data.resident_images(images),
+                                        batch_size, seed)
+    run_steps = lambda first, count: train_steps(
+        tf.constant(first, tf.int64), tf.constant(count, tf.int64))
 
   def run(num_steps: int) -> float:
     nonlocal step
     start = time.perf_counter()
-    for _ in range(num_steps):
-      metrics = step_fn(next(iterator), tf.constant(step, tf.int64))
-      step += 1
-    metrics.numpy()  # Eager execution is synchronous; this is a no-op wait.
+    end = step + num_steps
+    while step < end:
+      count = min(steps_per_call, end - step)
+      metrics = run_steps(step, count)
+      step += count
+    metrics.numpy()  # Waits for the last step.
     return time.perf_counter() - start
 
   return Candidate(name, run, step_fn, model)
@@ -510,14 +542,16 @@ def _rotated(names: List[str], shift: int) -> List[str]:
 def run_benchmark(names: List[str], batch_size: int, data_dir: Optional[str],
                   warmup_steps: int, steps: int, repeats: int,
                   matmul_size: int, seed: int, profile_name: Optional[str],
-                  profile_steps: int, workdir: str) -> Dict:
+                  profile_steps: int, workdir: str,
+                  steps_per_call: int = 1) -> Dict:
   """Builds, warms up and times the candidates; returns the results."""
   load_before = os.getloadavg()
-  batches = make_batches(batch_size, data_dir, seed)
-  timed = {}
-  for name in names:
-    timed[name] = (make_blog_fit(batches, seed) if name == 'blog_fit'
-                   else make_ours(name, batches, seed))
+  images = make_images(batch_size, data_dir, seed)
+  batches = make_batches(images, batch_size, seed)
+  make = lambda name: (
+      make_blog_fit(batches, seed) if name == 'blog_fit'
+      else make_ours(name, images, batch_size, seed, steps_per_call))
+  timed = {name: make(name) for name in names}
   for name in _REFERENCES:
     timed[name] = make_matmul(name, matmul_size, seed)
   order = [n for n in CANDIDATES if n in names] + list(_REFERENCES)
@@ -606,6 +640,7 @@ def run_benchmark(names: List[str], batch_size: int, data_dir: Optional[str],
           'batch_size': batch_size, 'data': data_dir or 'random binary',
           'warmup_steps': warmup_steps, 'steps': steps, 'repeats': repeats,
           'matmul_size': matmul_size, 'seed': seed, 'candidates': names,
+          'steps_per_call': steps_per_call,
       },
       'machine': _machine(),
       'load_average': {'before': list(load_before),
@@ -618,8 +653,7 @@ def run_benchmark(names: List[str], batch_size: int, data_dir: Optional[str],
   if profile_name:
     candidate = timed.get(profile_name)
     if candidate is None:
-      candidate = (make_blog_fit(batches, seed) if profile_name == 'blog_fit'
-                   else make_ours(profile_name, batches, seed))
+      candidate = make(profile_name)
       candidate.run(warmup_steps)
     output['profile'] = profile(candidate, os.path.join(workdir, 'profile'),
                                 profile_steps)
@@ -627,18 +661,18 @@ def run_benchmark(names: List[str], batch_size: int, data_dir: Optional[str],
 
 
 def format_table(results: Dict) -> str:
-  lines = [f'{"candidate":<11} {"images/s":>9} {"(best)":>8} '
+  lines = [f'{"candidate":<14} {"images/s":>9} {"(best)":>8} '
            f'{"ms/step":>9} {"GFLOP/s":>9} {"of fp32 mm":>10} '
            f'{"of bf16 mm":>10} {"best/best":>9}']
   for name, r in results['candidates'].items():
-    lines.append(f'{name:<11} {r["images_per_second"]:9.1f} '
+    lines.append(f'{name:<14} {r["images_per_second"]:9.1f} '
                  f'{r["best_images_per_second"]:8.1f} '
                  f'{r["ms_per_step"]:9.1f} {r["gflops_per_second"]:9.1f} '
                  f'{r["fraction_of_fp32_matmul"]:10.2f} '
                  f'{r["fraction_of_bf16_matmul"]:10.2f} '
                  f'{r["best_fraction_of_matmul"]:9.2f}')
   for name, r in results['references'].items():
-    lines.append(f'{name:<11} {"":>9} {"":>8} {"":>9} '
+    lines.append(f'{name:<14} {"":>9} {"":>8} {"":>9} '
                  f'{r["gflops_per_second"]:9.1f}   ({r["size"]}^3 matmul; '
                  f'best repeat {r["best_gflops_per_second"]:.1f})')
   flops = results['flops']
@@ -692,7 +726,8 @@ def main(argv):
     results = run_benchmark(
         names, _BATCH_SIZE.value, _DATA_DIR.value, seed=_SEED.value,
         profile_name=_PROFILE.value, profile_steps=_PROFILE_STEPS.value,
-        workdir=_WORKDIR.value, **settings)
+        workdir=_WORKDIR.value, steps_per_call=_STEPS_PER_CALL.value,
+        **settings)
   except data.DataError as e:  # A missing or malformed MNIST file.
     sys.exit(f'Error: {e}')
   output = _OUTPUT.value or os.path.join(_WORKDIR.value, 'benchmark.json')

@@ -70,6 +70,9 @@ _HELP = {
     'tpu': 'For --strategy=tpu: local (a TPU VM), a TPU name, or a '
            'grpc:// address.',
     'max_steps': 'Stop after this global step (for smoke runs); 0: no cap.',
+    'steps_per_call': 'Training steps per tf.function call (batches are '
+                      'made in the graph); calls also end at every log, '
+                      'image, checkpoint and epoch; >= 1.',
     'log_every': 'Steps between scalar summaries and progress; >= 1.',
     'image_every': 'Steps between image summaries; >= 1.',
     'checkpoint_every': 'Steps between checkpoints (one is also written each '

@@ -63,11 +63,20 @@ def test_binarization_mean_matches_intensity():
   assert np.all(binary[:, intensities == 255] == 1)
 
 
+def _epoch(images, batch_size, epoch, seed=0):
+  """All batches of one epoch from the resident pipeline, concatenated."""
+  num_steps = data.steps_per_epoch(len(images), batch_size)
+  resident = data.resident_images(images)
+  make_batch = tf.function(
+      lambda step: data.training_batch(resident, batch_size, seed, step))
+  return np.concatenate([
+      make_batch(tf.constant(epoch * num_steps + i, tf.int64)).numpy()
+      for i in range(num_steps)])
+
+
 def test_epochs_reshuffle_and_rebinarize(data_dir):
   images = data.load_images('mnist', 'train', data_dir)[:512]
-  epoch0 = np.concatenate(list(data.epoch_batches(images, 64, 0, 0)))
-  epoch0_again = np.concatenate(list(data.epoch_batches(images, 64, 0, 0)))
-  epoch1 = np.concatenate(list(data.epoch_batches(images, 64, 0, 1)))
+  epoch0, epoch0_again, epoch1 = (_epoch(images, 64, e) for e in (0, 0, 1))
   assert epoch0.shape == (512, 28, 28, 1)
   np.testing.assert_array_equal(epoch0, epoch0_again)  # Deterministic.
   assert not np.array_equal(epoch0, epoch1)
@@ -76,19 +85,47 @@ def test_epochs_reshuffle_and_rebinarize(data_dir):
   np.testing.assert_allclose(epoch1.mean(), images.mean() / 255, atol=0.01)
 
 
-def test_epoch_uses_each_image_once_and_resumes_mid_epoch():
-  # Image i is black but for pixel (0, i), so a binarized batch shows which
-  # images it holds.
-  images = np.zeros((10, 28, 28, 1), np.uint8)
-  images[np.arange(10), 0, np.arange(10), 0] = 255
-  batches = [b.numpy() for b in data.epoch_batches(images, 3, 0, 0)]
-  assert len(batches) == data.steps_per_epoch(10, 3) == 3
-  seen = np.concatenate([np.argmax(b[:, 0, :10, 0], axis=1) for b in batches])
-  assert len(set(seen)) == 9  # 3 full batches of distinct images.
-  resumed = [b.numpy() for b in data.epoch_batches(images, 3, 0, 0,
-                                                    start_step=2)]
-  assert len(resumed) == 1
-  np.testing.assert_array_equal(resumed[0], batches[2])
+def _numbered_images(count):
+  """Image i shows the bits of i as pixels of intensity 0 or 255, which
+  binarization keeps as they are: a batch says which images it holds."""
+  bits = (np.arange(count)[:, None] >> np.arange(784)) & 1
+  return (bits * 255).astype(np.uint8).reshape(count, 28, 28, 1)
+
+
+def _numbers(batch):
+  """Inverse of `_numbered_images` (for fewer than 2**20 images)."""
+  return batch.reshape(len(batch), 784)[:, :20].astype(np.int64) @ (
+      1 << np.arange(20))
+
+
+@pytest.mark.parametrize('count,batch_size', [(1000, 100), (1030, 100)])
+def test_resident_pipeline_yields_every_image_once_per_epoch(count,
+                                                            batch_size):
+  images = _numbered_images(count)
+  for epoch in range(3):
+    seen = _numbers(_epoch(images, batch_size, epoch))
+    full = count // batch_size * batch_size
+    assert len(seen) == full and len(set(seen)) == full  # No repeats.
+    assert set(seen) <= set(range(count))
+    if count == full:
+      assert sorted(seen) == list(range(count))  # Every image, once.
+  # A different order every epoch.
+  assert not np.array_equal(_numbers(_epoch(images, batch_size, 0)),
+                            _numbers(_epoch(images, batch_size, 1)))
+
+
+def test_a_step_is_the_same_batch_wherever_the_epoch_resumes():
+  images = _numbered_images(10)
+  epoch = _epoch(images, 3, epoch=4)
+  # Step 2 of epoch 4, made on its own (as after a restart), eagerly.
+  alone = data.training_batch(images, 3, 0, 4 * 3 + 2).numpy()
+  np.testing.assert_array_equal(alone, epoch[6:9])
+  assert len(set(_numbers(epoch))) == 9  # 3 full batches of distinct images.
+
+
+def test_batch_size_larger_than_the_data_is_an_error():
+  with pytest.raises(ValueError, match='exceeds the 10 training images'):
+    data.batch_indices(10, 11, 0, 0)
 
 
 def test_eval_batches_are_fixed_and_complete(data_dir):

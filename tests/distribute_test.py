@@ -24,7 +24,7 @@ _MIRRORED_VS_DEFAULT = textwrap.dedent('''
     cpu = tf.config.list_physical_devices('CPU')[0]
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from elbo import config as config_lib, data, distribute, train
+    from elbo import config as config_lib, data, train
     images = data.load_images('mnist', 'test', sys.argv[1])
     # Many latent samples: the replicas draw other samples than one device.
     config = train.Config(batch_size=16, num_samples=200)
@@ -40,8 +40,7 @@ _MIRRORED_VS_DEFAULT = textwrap.dedent('''
       before = [v.numpy() for v in model.trainable_variables]
       step = train.make_train_step(model, optimizer, config, False, None,
                                    strategy)
-      batch = next(iter(distribute.distributed_epoch(
-          strategy, images, 16, seed=0, epoch=0)))
+      batch = data.training_batch(images, 16, seed=0, step=0)
       metrics = step(batch, tf.constant(0, tf.int64)).numpy()
       gradient = np.concatenate([(b - v.numpy()).ravel() for b, v in
                                  zip(before, model.trainable_variables)])

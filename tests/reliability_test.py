@@ -120,17 +120,14 @@ def test_sigterm_writes_a_checkpoint_at_the_current_step(data_dir, tmp_path):
 def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(
     data_dir, tmp_path, monkeypatch):
   bad_step = 6  # The 6th step sees NaN pixels; ckpt-4 is the last good one.
-  clean_batches = data.epoch_batches
+  clean_batch = data.training_batch
 
-  def poisoned_batches(images, batch_size, seed, epoch, start_step=0,
-                       **kwargs):
-    steps_per_epoch = data.steps_per_epoch(len(images), batch_size)
-    first = epoch * steps_per_epoch + start_step + 1
-    return clean_batches(images, batch_size, seed, epoch, start_step,
-                         **kwargs).enumerate().map(
-        lambda i, batch: batch * tf.where(i + first == bad_step, np.nan, 1.))
+  def poisoned_batch(images, batch_size, seed, step):
+    # `step` counts from 0: it is the 6th step's.
+    return clean_batch(images, batch_size, seed, step) * tf.where(
+        step + 1 == bad_step, np.nan, 1.)
 
-  monkeypatch.setattr(data, 'epoch_batches', poisoned_batches)
+  monkeypatch.setattr(data, 'training_batch', poisoned_batch)
   config = train.Config(data_dir=data_dir, batch_size=32, max_steps=12,
                         log_every=3, checkpoint_every=4, image_every=1000)
   with pytest.raises(train.NonFiniteError,
