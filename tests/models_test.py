@@ -4,6 +4,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from elbo import losses
 from elbo import models
 
 tfd = tfp.distributions
@@ -87,3 +88,34 @@ def test_mixed_bfloat16_computes_convolutions_in_bfloat16():
   assert q.dtype == tf.float32
   likelihood = model.decoder_likelihood(q.sample(seed=(1, 2)))
   assert likelihood.distribution.logits.dtype == tf.float32
+
+
+def test_mixed_bfloat16_gradients_match_float32():
+  """Same weights, batch and latent draws: every parameter's gradient in
+  mixed_bfloat16 is within 10% (relative L2) of float32's. Without
+  `models.Conv2DTranspose`, TF sums the decoder's bias gradients in
+  bfloat16 and they were 40-98% off (measured at batch 256); with it, at
+  most 0.7%, and at most 6% for any parameter (the first decoder layer's
+  kernel, whose input, the latent, is rounded to bfloat16)."""
+  rng = np.random.default_rng(0)
+  batch = tf.constant(rng.random((128, 28, 28, 1)) < 0.2, tf.float32)
+  gradients = {}
+  for precision in ('float32', 'mixed_bfloat16'):
+    tf.keras.utils.set_random_seed(0)
+    model = models.VAE(precision=precision)
+
+    @tf.function
+    def gradient(batch, model=model):
+      with tf.GradientTape() as tape:
+        terms = losses.elbo(batch, model.approx_posterior(batch),
+                            model.decoder_likelihood, model.latent_prior(),
+                            seed=tf.constant([1, 2]))
+        loss = -tf.reduce_mean(terms.elbo)
+      return tape.gradient(loss, model.trainable_variables)
+
+    gradients[precision] = [g.numpy() for g in gradient(batch)]
+    names = [v.path for v in model.trainable_variables]
+  errors = {name: np.linalg.norm(a - b) / np.linalg.norm(a) for name, a, b in
+            zip(names, gradients['float32'], gradients['mixed_bfloat16'])}
+  print({name: round(float(e), 4) for name, e in errors.items()})
+  assert max(errors.values()) < 0.1, errors
