@@ -7,9 +7,10 @@ position follows from the step, because batches and latent draws are keyed on
 (seed, epoch, step) (see `elbo.data`). So an interrupted and resumed run
 computes what an uninterrupted one would.
 
-Safety: SIGTERM / SIGINT end the run after the current step with a
-checkpoint (`TrainingInterrupted`); a non-finite loss term or gradient stops
-it (`NonFiniteError`) before any checkpoint of the bad state is written.
+Safety: SIGTERM / SIGINT end the run with a checkpoint after the steps in
+flight (`TrainingInterrupted`), on every worker at the same step
+(`elbo.interrupts`); a non-finite loss term or gradient stops it
+(`NonFiniteError`) before any checkpoint of the bad state is written.
 """
 
 import os
@@ -56,10 +57,15 @@ def resolve_jit_compile(jit_compile: str) -> bool:
 
 
 class TrainingInterrupted(Exception):
-  """A stop signal arrived; a checkpoint of `step` was written."""
+  """A stop signal arrived; a checkpoint of `step` was written.
 
-  def __init__(self, step: int, signum: int):
-    super().__init__(f'Stopped by signal {signum} after step {step}; '
+  `signum` is None on a worker that stopped because another one got it.
+  """
+
+  def __init__(self, step: int, signum: Optional[int]):
+    cause = (f'signal {signum}' if signum is not None
+             else 'a signal to another worker')
+    super().__init__(f'Stopped by {cause} after step {step}; '
                      f'checkpoint ckpt-{step} written. Run again to resume.')
     self.step = step
     self.signum = signum
@@ -272,7 +278,8 @@ def train_and_evaluate(config: Config,
     evaluation: `{'train': {...}, 'test': {...}}`.
 
   Raises:
-    TrainingInterrupted: SIGTERM or SIGINT; a checkpoint was written.
+    TrainingInterrupted: SIGTERM or SIGINT, here or at another worker; a
+      checkpoint was written.
     NonFiniteError: NaN/Inf in a loss term or the gradients.
     checkpoints.CheckpointMismatchError: the workdir holds another model.
     data.DataError: a data file is missing or malformed.
@@ -351,12 +358,16 @@ def train_and_evaluate(config: Config,
     guard.check()
     manager.save(checkpoint_number=step)
 
+  def stop(signum):
+    raise TrainingInterrupted(step, signum)
+
   start_step = last_saved_step = step
   progress = keras.utils.Progbar(max(total_steps - start_step, 1),
                                  stateful_metrics=('epoch',) + _TRAIN_METRICS)
   train_metrics, test_metrics = {}, {}
   interval_start_time, interval_start_step = time.perf_counter(), step
-  with interrupts.deferred_signals() as stop_signals:
+  with interrupts.stop_on_signals(strategy, manager.directory, save,
+                                  stop) as check_stop:
     while step < total_steps:
       epoch = step // steps_per_epoch
       num_steps = steps_to_next_event(step, config, steps_per_epoch,
@@ -399,12 +410,10 @@ def train_and_evaluate(config: Config,
         _write_scalars(test_writer, step, test_metrics)
         logging.info('Epoch %d (step %d): train %s; test %s', epoch + 1,
                      step, _format(epoch_metrics), _format(test_metrics))
-      if (step % config.checkpoint_every == 0 or
-          step % steps_per_epoch == 0 or stop_signals):
+      check_stop()  # Saves and raises TrainingInterrupted on a signal.
+      if step % config.checkpoint_every == 0 or step % steps_per_epoch == 0:
         save()
         last_saved_step = step
-      if stop_signals:
-        raise TrainingInterrupted(step, stop_signals[0])
   if step != last_saved_step:
     save()
   distribute.remove_worker_dir(workdir, strategy)

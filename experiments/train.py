@@ -10,8 +10,10 @@ From local copies of the standard files, and only a few steps:
   python experiments/train.py --workdir=/tmp/elbo/smoke \
       --data_dir=../shared/datasets --max_steps=50
 
-Run it again with the same --workdir to resume. SIGTERM or Ctrl-C stop it
-after the current step with a checkpoint and exit status 75. TensorBoard:
+Run it again with the same --workdir to resume. SIGTERM or Ctrl-C stop it,
+after the training call in flight and one more, with a checkpoint and exit
+status 75; with several workers, a signal to any one stops all of them at the
+same step. TensorBoard:
 
   tensorboard --logdir=/tmp/elbo
 

@@ -1,4 +1,5 @@
-"""tf.distribute: mirrored replicas, two workers on localhost, the TPU path.
+"""tf.distribute: mirrored replicas, two workers on localhost (training, and
+stopping together on SIGTERM), the TPU path.
 
 Each case runs in a subprocess: logical devices and multi-worker collectives
 must be configured before TensorFlow initializes, once per process.
@@ -6,13 +7,16 @@ must be configured before TensorFlow initializes, once per process.
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from elbo import config as config_lib
 from elbo import distribute
@@ -141,6 +145,57 @@ def test_two_workers_on_localhost_train_together(data_dir, tmp_path):
       os.path.join(workdir, 'train')) if tag == 'elbo'})
   assert steps == [2, 4]
   assert 'Restored' not in outputs[1][1]
+
+
+def _last_logged_step(workdir) -> int:
+  directory = os.path.join(workdir, 'train')
+  if not os.path.isdir(directory):
+    return 0
+  return max((step for tag, step, _ in conftest.read_events(directory)
+              if tag == 'elbo'), default=0)
+
+
+def test_sigterm_to_one_worker_stops_both_at_the_same_step(data_dir,
+                                                           tmp_path):
+  """TF's PreemptionCheckpointHandler makes the workers agree on the step;
+  a worker stopping alone would leave the other blocked in an all-reduce."""
+  workers = [f'127.0.0.1:{_free_port()}' for _ in range(2)]
+  workdir = str(tmp_path / 'run')
+  processes = []
+  for index in range(2):
+    argv, env = conftest.binary_command(
+        '--workdir', workdir, '--data_dir', data_dir,
+        '--strategy=multiworker', '--batch_size=16', '--max_steps=2000',
+        '--log_every=2', '--checkpoint_every=1000', '--image_every=1000',
+        '--eval_batch_size=1000')
+    env['TF_CONFIG'] = json.dumps({
+        'cluster': {'worker': workers},
+        'task': {'type': 'worker', 'index': index}})
+    processes.append(subprocess.Popen(argv, env=env,
+                                      stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE, text=True))
+  chief, worker = processes
+  deadline = time.time() + 300
+  while chief.poll() is None and time.time() < deadline:
+    if _last_logged_step(workdir) >= 4:
+      worker.send_signal(signal.SIGTERM)
+      break
+    time.sleep(0.05)
+  outputs = [p.communicate(timeout=300)[1] for p in processes]
+  for process, stderr in zip(processes, outputs):
+    assert process.returncode == 75, stderr[-3000:]
+  latest = tf.train.latest_checkpoint(os.path.join(workdir, 'checkpoints'))
+  step = int(latest.rsplit('-', 1)[1])
+  assert 4 <= step < 2000
+  assert f'Stopped by a signal to another worker after step {step}' in (
+      outputs[0])
+  assert f'Stopped by signal 15 after step {step}' in outputs[1]
+  # The worker saved the same step into its scratch directory, and the
+  # chief's events go up to it.
+  assert tf.train.latest_checkpoint(
+      os.path.join(workdir, '.worker_1', 'checkpoints')).endswith(
+          f'ckpt-{step}')
+  assert _last_logged_step(workdir) == step
 
 
 def test_tpu_without_a_tpu_is_a_clear_error():

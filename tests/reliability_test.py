@@ -106,13 +106,15 @@ def test_kill9_at_random_points_then_resume_matches_uninterrupted(
   assert _elbo_curve(tmp_path) == _elbo_curve(reference_run)
 
 
-def test_sigterm_writes_a_checkpoint_at_the_current_step(data_dir, tmp_path):
-  returncode, stderr = _start_and_signal_at(tmp_path, data_dir, 6,
-                                            signal.SIGTERM)
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT],
+                         ids=['SIGTERM', 'SIGINT'])
+def test_stop_signal_writes_a_checkpoint_at_the_last_step_done(
+    data_dir, tmp_path, signum):
+  returncode, stderr = _start_and_signal_at(tmp_path, data_dir, 6, signum)
   assert returncode == 75, stderr[-3000:]
   latest = tf.train.latest_checkpoint(os.path.join(tmp_path, 'checkpoints'))
   step = int(latest.rsplit('-', 1)[1])
-  assert f'Stopped by signal 15 after step {step}' in stderr
+  assert f'Stopped by signal {int(signum)} after step {step}' in stderr
   assert step >= 6
   assert step == _last_logged_step(tmp_path)  # Events flushed up to it.
 
