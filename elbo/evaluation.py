@@ -135,30 +135,33 @@ def _summary(values: Dict[str, np.ndarray]) -> Dict[str, Dict[str, float]]:
           for name, v in values.items()}
 
 
-def _save_partial(path: str, step: int, values) -> None:
+def _save_partial(path: str, key: Dict[str, object], values) -> None:
   """Atomic: a kill mid-write leaves the previous partial file intact."""
   temporary = path + '.tmp.npz'
-  np.savez(temporary, step=step, **values)
+  np.savez(temporary, **key, **values)
   os.replace(temporary, path)
 
 
-def _load_partial(path: str, step: int) -> Dict[str, np.ndarray]:
-  if not os.path.exists(path):
-    return {name: np.zeros([0]) for name in _PER_EXAMPLE}
-  with np.load(path) as saved:
-    if int(saved['step']) != step:
-      logging.warning('%s is from step %d, the checkpoint is at %d: '
-                      'starting over.', path, int(saved['step']), step)
-      return {name: np.zeros([0]) for name in _PER_EXAMPLE}
-    return {name: saved[name] for name in _PER_EXAMPLE}
+def _load_partial(path: str, key: Dict[str, object]) -> Dict[str, np.ndarray]:
+  """The per-example results saved at `path`, if they were computed with
+  the same `key` (checkpoint step, seed, precision, chunking); else none."""
+  if os.path.exists(path):
+    with np.load(path) as saved:
+      found = {name: saved[name].item() for name in key if name in saved}
+      if found == key:
+        return {name: saved[name] for name in _PER_EXAMPLE}
+    logging.warning('%s was computed with %s, not %s: starting over.', path,
+                    found, key)
+  return {name: np.zeros([0]) for name in _PER_EXAMPLE}
 
 
 def evaluate_run(workdir: str, eval_config: EvalConfig) -> Dict:
   """Evaluates the latest checkpoint in `workdir` on the test split.
 
   Writes `evaluation_k{k}[_n{N}].json` (and TensorBoard scalars under
-  `workdir/eval`) and, while running, a `.partial.npz` of per-example
-  results that a rerun continues from.
+  `workdir/eval`) and, as it goes, `evaluation_k{k}.partial.npz`: the
+  per-example results, in test-set order, that a rerun continues from,
+  whether it asks for the same subset, a larger one or the whole split.
 
   Returns:
     The JSON's contents: step, k, number of examples, and for each of
@@ -169,18 +172,29 @@ def evaluate_run(workdir: str, eval_config: EvalConfig) -> Dict:
   model, config, step = restore_model(workdir, eval_config.precision,
                                       **overrides)
   images = data.load_images(config.dataset, 'test', config.data_dir)
-  if eval_config.num_examples:
-    images = images[:eval_config.num_examples]
+  # Binarized whole, then cut: the first N images are the same whatever N.
   binary = np.concatenate(list(data.eval_batches(images, 10_000)))
+  if eval_config.num_examples:
+    binary = binary[:eval_config.num_examples]
   k = eval_config.num_samples
   name = f'evaluation_k{k}' + (f'_n{len(binary)}'
                                if eval_config.num_examples else '')
-  partial_path = os.path.join(workdir, name + '.partial.npz')
-  values = _load_partial(partial_path, step)
+  # One partial file per k, whatever the subset: evaluating the first 2000
+  # images, then all, computes each image once.
+  partial_path = os.path.join(workdir, f'evaluation_k{k}.partial.npz')
+  partial_key = {'step': step, 'seed': eval_config.seed,
+                 'precision': eval_config.precision,
+                 'examples_per_call': eval_config.examples_per_call}
+  values = _load_partial(partial_path, partial_key)
   done = len(values['elbo'])
+  if done < len(binary):
+    # Continue at a whole call, whose draws depend on where it starts: so
+    # results are the same however the work was split.
+    done -= done % eval_config.examples_per_call
+    values = {name: v[:done] for name, v in values.items()}
   if done:
-    logging.info('Continuing %s from example %d of %d.', name, done,
-                 len(binary))
+    logging.info('Continuing evaluation_k%d from example %d (of %d asked).',
+                 k, done, len(binary))
 
   terms_fn = importance_sampled_terms(model, config, eval_config)
   base_seed = tf.constant([eval_config.seed, 7], tf.int32)
@@ -192,18 +206,18 @@ def evaluate_run(workdir: str, eval_config: EvalConfig) -> Dict:
     batch = binary[start:start + eval_config.examples_per_call]
     # Keyed on the example index, so a resumed evaluation draws the same.
     seed = tf.random.experimental.stateless_fold_in(base_seed, start)
-    for key, value in terms_fn(tf.constant(batch), seed).items():
-      values[key] = np.concatenate([values[key], value])
+    for term, value in terms_fn(tf.constant(batch), seed).items():
+      values[term] = np.concatenate([values[term], value])
     since_save += len(batch)
     progress.update(len(values['elbo']), [
         ('nll', -float(np.mean(values['log_likelihood']))),
         ('neg_elbo', -float(np.mean(values['elbo'])))])
     if since_save >= eval_config.save_every:
-      _save_partial(partial_path, step, values)
+      _save_partial(partial_path, partial_key, values)
       since_save = 0
-  _save_partial(partial_path, step, values)
+  _save_partial(partial_path, partial_key, values)
 
-  summary = _summary(values)
+  summary = _summary({name: v[:len(binary)] for name, v in values.items()})
   result = {
       'workdir': workdir, 'step': step, 'num_samples': k,
       'num_examples': len(binary), 'dataset': config.dataset,

@@ -102,11 +102,11 @@ def test_interrupted_evaluation_continues_to_the_same_result(
   with pytest.raises(KeyboardInterrupt):
     evaluation.evaluate_run(trained_workdir, eval_config)
   partial = np.load(os.path.join(trained_workdir,
-                                 'evaluation_k20_n24.partial.npz'))
+                                 'evaluation_k20.partial.npz'))
   assert len(partial['elbo']) == 8  # Saved after 8 examples, died at 12.
   monkeypatch.setattr(evaluation, 'importance_sampled_terms', clean)
   resumed = evaluation.evaluate_run(trained_workdir, eval_config)
-  os.remove(os.path.join(trained_workdir, 'evaluation_k20_n24.partial.npz'))
+  os.remove(os.path.join(trained_workdir, 'evaluation_k20.partial.npz'))
   fresh = evaluation.evaluate_run(trained_workdir, eval_config)
   assert resumed['num_examples'] == 24
   for name in ('elbo', 'log_likelihood', 'kl', 'reconstruction'):
@@ -114,6 +114,38 @@ def test_interrupted_evaluation_continues_to_the_same_result(
                                rtol=1e-6)
   assert fresh['nll'] <= fresh['neg_elbo']
   assert 0 < fresh['kl']['mean'] and fresh['elbo']['stderr'] > 0
+
+
+def test_a_subset_then_more_computes_each_image_once(trained_workdir,
+                                                     monkeypatch):
+  """The first 12 images, then the first 24: the second run computes only
+  what the first did not (from image 8, the start of the call that 12 cut
+  short), and both equal fresh evaluations of 12 and of 24."""
+  config = lambda n: evaluation.EvalConfig(num_samples=10, num_examples=n,
+                                           examples_per_call=8)
+  partial = os.path.join(trained_workdir, 'evaluation_k10.partial.npz')
+  fresh = {}
+  for n in (12, 24):
+    fresh[n] = evaluation.evaluate_run(trained_workdir, config(n))
+    os.remove(partial)
+  clean = evaluation.importance_sampled_terms
+  computed = []
+
+  def counting(*args):
+    fn = clean(*args)
+    return lambda images, seed: (computed.append(len(images)),
+                                 fn(images, seed))[1]
+
+  monkeypatch.setattr(evaluation, 'importance_sampled_terms', counting)
+  first = evaluation.evaluate_run(trained_workdir, config(12))
+  second = evaluation.evaluate_run(trained_workdir, config(24))
+  os.remove(partial)
+  assert computed == [8, 4, 8, 8]  # 0-7, 8-11; then 8-15, 16-23.
+  for result, n in ((first, 12), (second, 24)):
+    assert result['num_examples'] == n
+    for name in ('elbo', 'log_likelihood'):
+      np.testing.assert_allclose(result[name]['mean'],
+                                 fresh[n][name]['mean'], rtol=1e-6)
 
 
 def test_evaluate_binary_end_to_end(trained_workdir):
