@@ -182,16 +182,21 @@ def evaluate_run(workdir: str, eval_config: EvalConfig) -> Dict:
   # One partial file per k, whatever the subset: evaluating the first 2000
   # images, then all, computes each image once.
   partial_path = os.path.join(workdir, f'evaluation_k{k}.partial.npz')
+  # Everything the draws depend on.
   partial_key = {'step': step, 'seed': eval_config.seed,
                  'precision': eval_config.precision,
-                 'examples_per_call': eval_config.examples_per_call}
+                 'examples_per_call': eval_config.examples_per_call,
+                 'decoder_passes_per_call':
+                     eval_config.decoder_passes_per_call}
   values = _load_partial(partial_path, partial_key)
   done = len(values['elbo'])
+  per_call = eval_config.examples_per_call
   if done < len(binary):
-    # Continue at a whole call, whose draws depend on where it starts: so
-    # results are the same however the work was split.
-    done -= done % eval_config.examples_per_call
-    values = {name: v[:done] for name, v in values.items()}
+    # Continue at a whole call: a call's draws depend on where it starts
+    # and how many images it holds, so the results are the same however
+    # the work was split.
+    done -= done % per_call
+    values = {term: v[:done] for term, v in values.items()}
   if done:
     logging.info('Continuing evaluation_k%d from example %d (of %d asked).',
                  k, done, len(binary))
@@ -217,7 +222,16 @@ def evaluate_run(workdir: str, eval_config: EvalConfig) -> Dict:
       since_save = 0
   _save_partial(partial_path, partial_key, values)
 
-  summary = _summary({name: v[:len(binary)] for name, v in values.items()})
+  per_example = {term: v[:len(binary)] for term, v in values.items()}
+  cut = len(binary) % per_call
+  if len(values['elbo']) > len(binary) and cut:
+    # A larger evaluation was done before: a run of this subset alone ends
+    # with a shorter call, whose draws differ. Redo that call (unsaved).
+    start = len(binary) - cut
+    seed = tf.random.experimental.stateless_fold_in(base_seed, start)
+    for term, value in terms_fn(tf.constant(binary[start:]), seed).items():
+      per_example[term] = np.concatenate([per_example[term][:start], value])
+  summary = _summary(per_example)
   result = {
       'workdir': workdir, 'step': step, 'num_samples': k,
       'num_examples': len(binary), 'dataset': config.dataset,

@@ -12,9 +12,13 @@ the agreeing: the worker that gets SIGTERM publishes, through the
 coordination service, a call count one past its own; every worker runs that
 one more call (a worker may already be in it), saves and exits. It watches
 SIGTERM only, so ours records which signal came and passes SIGINT on to it
-too. Where it watches no signal (GCP CPU and TPU VMs, where it does nothing;
-TPUStrategy, where we do not create it), a process stops alone after the
-call in flight, which is all one process needs. Outside the main thread,
+too. Where it watches no signal (GCP CPU VMs, where it does nothing; GCP
+GPU VMs, where it polls maintenance events instead; TPUStrategy, where we do
+not create it), a process stops alone after the call in flight: all one
+process needs, but in a multi-worker cluster there the others then wait in
+the next all-reduce until the cluster times out, and a non-chief's
+checkpoint lands only in its scratch directory. (A stop flag summed across
+replicas inside the step would cover every platform; not done yet.) Outside the main thread,
 where Python lets no one catch signals, nothing is caught.
 """
 

@@ -85,7 +85,8 @@ class Conv2DTranspose(keras.layers.Conv2DTranspose):
   gradient is right in bfloat16 (see `_add_bias`)."""
 
   def call(self, inputs):
-    if self.compute_dtype != 'bfloat16' or not self.use_bias:
+    if (self.compute_dtype != 'bfloat16' or not self.use_bias or
+        self.data_format != 'channels_last'):
       return super().call(inputs)
     outputs = keras.ops.conv_transpose(
         inputs, self.kernel, strides=list(self.strides), padding=self.padding,

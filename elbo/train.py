@@ -382,7 +382,10 @@ def train_and_evaluate(config: Config,
         since_log = step - (step - 1) // config.log_every * config.log_every
         train_metrics = dict(zip(_TRAIN_METRICS,
                                  (interval_sums / since_log).numpy()))
-        interval_sums.assign(tf.zeros_like(interval_sums))
+        if step % config.log_every == 0:
+          # Not at a last step off the grid: if the run is resumed with more
+          # steps, the next log still averages its whole interval.
+          interval_sums.assign(tf.zeros_like(interval_sums))
         elapsed = time.perf_counter() - interval_start_time
         examples_per_second = ((step - interval_start_step) *
                                config.batch_size / elapsed)

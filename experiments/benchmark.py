@@ -69,8 +69,8 @@ CANDIDATES = {
             'batches made in the graph',
     'ours_host_data': 'our step, float32, no XLA, one step per call, '
                       'batches from a host tf.data iterator',
-    'ours_xla': 'our GradientTape step, float32, jit_compile=True (XLA)',
-    'ours_bf16': 'our GradientTape step, mixed_bfloat16, no XLA',
+    'ours_xla': 'our training loop, float32, jit_compile=True (XLA)',
+    'ours_bf16': 'our training loop, mixed_bfloat16, no XLA',
     'blog_fit': 'the blog: tf_keras + tfp.layers, model.fit, float32, no XLA',
 }
 # Which matmul reference each candidate's compute runs at.
@@ -543,7 +543,8 @@ def run_benchmark(names: List[str], batch_size: int, data_dir: Optional[str],
                   warmup_steps: int, steps: int, repeats: int,
                   matmul_size: int, seed: int, profile_name: Optional[str],
                   profile_steps: int, workdir: str,
-                  steps_per_call: int = 1) -> Dict:
+                  steps_per_call: int = config_lib.Config().steps_per_call
+                  ) -> Dict:
   """Builds, warms up and times the candidates; returns the results."""
   load_before = os.getloadavg()
   images = make_images(batch_size, data_dir, seed)

@@ -118,9 +118,9 @@ def test_interrupted_evaluation_continues_to_the_same_result(
 
 def test_a_subset_then_more_computes_each_image_once(trained_workdir,
                                                      monkeypatch):
-  """The first 12 images, then the first 24: the second run computes only
-  what the first did not (from image 8, the start of the call that 12 cut
-  short), and both equal fresh evaluations of 12 and of 24."""
+  """The first 12 images, then the first 24, then 12 again: each run
+  computes only what is not saved yet (from image 8, the start of the call
+  that 12 cut short), and each equals a fresh evaluation of its subset."""
   config = lambda n: evaluation.EvalConfig(num_samples=10, num_examples=n,
                                            examples_per_call=8)
   partial = os.path.join(trained_workdir, 'evaluation_k10.partial.npz')
@@ -139,9 +139,11 @@ def test_a_subset_then_more_computes_each_image_once(trained_workdir,
   monkeypatch.setattr(evaluation, 'importance_sampled_terms', counting)
   first = evaluation.evaluate_run(trained_workdir, config(12))
   second = evaluation.evaluate_run(trained_workdir, config(24))
+  # Then a subset of what is done: only the call that 12 cuts short again.
+  third = evaluation.evaluate_run(trained_workdir, config(12))
   os.remove(partial)
-  assert computed == [8, 4, 8, 8]  # 0-7, 8-11; then 8-15, 16-23.
-  for result, n in ((first, 12), (second, 24)):
+  assert computed == [8, 4, 8, 8, 4]  # 0-7, 8-11; 8-15, 16-23; 8-11.
+  for result, n in ((first, 12), (second, 24), (third, 12)):
     assert result['num_examples'] == n
     for name in ('elbo', 'log_likelihood'):
       np.testing.assert_allclose(result[name]['mean'],

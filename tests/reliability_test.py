@@ -228,3 +228,43 @@ def test_bad_input_fails_with_one_line_message(data_dir, tmp_path, flags,
   assert 'Traceback' not in result.stderr
   # No partial workdir that could break the next run.
   assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_steps_to_next_event_stops_at_every_boundary():
+  config = train.Config(steps_per_call=10, log_every=7, image_every=100,
+                        checkpoint_every=5)
+  ends, step = [], 0
+  while step < 30:
+    step += train.steps_to_next_event(step, config, steps_per_epoch=12,
+                                      total_steps=30)
+    ends.append(step)
+  # Multiples of 5 (checkpoints), 7 (logs), 12 (epochs), and the end.
+  assert ends == [5, 7, 10, 12, 14, 15, 20, 21, 24, 25, 28, 30]
+  config = train.Config(steps_per_call=3, log_every=100, image_every=100,
+                        checkpoint_every=100)
+  assert train.steps_to_next_event(0, config, 1000, 2000) == 3
+
+
+def test_resuming_off_the_log_grid_with_several_steps_per_call(data_dir,
+                                                               tmp_path):
+  """3 steps per call, logs every 7, checkpoints every 5: a run stopped at
+  step 12 (neither a log nor a call boundary of the longer run) and resumed
+  to 21 ends with the weights of a run of 21, and logs the same averages
+  at steps 7, 14 and 21."""
+  settings = dict(data_dir=data_dir, batch_size=32, steps_per_call=3,
+                  log_every=7, checkpoint_every=5, image_every=1000)
+  whole, split = str(tmp_path / 'whole'), str(tmp_path / 'split')
+  train.train_and_evaluate(train.Config(max_steps=21, **settings), whole)
+  train.train_and_evaluate(train.Config(max_steps=12, **settings), split)
+  train.train_and_evaluate(train.Config(max_steps=21, **settings), split)
+  resumed = _checkpoint_values(split)
+  for name, value in _checkpoint_values(whole).items():
+    if '_sums' in name:  # Added up in other groupings of steps: rounding.
+      np.testing.assert_allclose(resumed[name], value, rtol=1e-6)
+    elif not name.startswith('save_counter'):  # One more save at step 12.
+      # Weights, Adam's moments, the step: bit for bit.
+      np.testing.assert_array_equal(resumed[name], value, err_msg=name)
+  curve, resumed_curve = _elbo_curve(whole), _elbo_curve(split)
+  assert sorted(curve) == [7, 14, 21]
+  np.testing.assert_allclose([resumed_curve[step] for step in curve],
+                             list(curve.values()), rtol=1e-6)
