@@ -83,8 +83,8 @@ class Config:
         raise ConfigError(f'{name} must be one of {choices}, got '
                          f'{getattr(self, name)!r}.')
     for name in ('epochs', 'batch_size', 'num_samples', 'prior_components',
-                 'steps_per_call', 'log_every', 'image_every', 'checkpoint_every',
-                 'keep_checkpoints', 'eval_batch_size'):
+                 'steps_per_call', 'log_every', 'image_every',
+                 'checkpoint_every', 'keep_checkpoints', 'eval_batch_size'):
       if getattr(self, name) < 1:
         raise ConfigError(
             f'{name} must be >= 1, got {getattr(self, name)}.')

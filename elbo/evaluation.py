@@ -203,17 +203,22 @@ def evaluate_run(workdir: str, eval_config: EvalConfig) -> Dict:
 
   terms_fn = importance_sampled_terms(model, config, eval_config)
   base_seed = tf.constant([eval_config.seed, 7], tf.int32)
+
+  def call_terms(start: int, stop: int) -> Dict[str, np.ndarray]:
+    """One call on test images [start, stop). Its draws are keyed on
+    `start`, so a resumed evaluation draws the same."""
+    seed = tf.random.experimental.stateless_fold_in(base_seed, start)
+    return terms_fn(tf.constant(binary[start:stop]), seed)
+
   progress = keras.utils.Progbar(len(binary),
                                  stateful_metrics=('nll', 'neg_elbo'),
                                  unit_name='example')
   since_save = 0
-  for start in range(done, len(binary), eval_config.examples_per_call):
-    batch = binary[start:start + eval_config.examples_per_call]
-    # Keyed on the example index, so a resumed evaluation draws the same.
-    seed = tf.random.experimental.stateless_fold_in(base_seed, start)
-    for term, value in terms_fn(tf.constant(batch), seed).items():
+  for start in range(done, len(binary), per_call):
+    stop = min(start + per_call, len(binary))
+    for term, value in call_terms(start, stop).items():
       values[term] = np.concatenate([values[term], value])
-    since_save += len(batch)
+    since_save += stop - start
     progress.update(len(values['elbo']), [
         ('nll', -float(np.mean(values['log_likelihood']))),
         ('neg_elbo', -float(np.mean(values['elbo'])))])
@@ -228,8 +233,7 @@ def evaluate_run(workdir: str, eval_config: EvalConfig) -> Dict:
     # A larger evaluation was done before: a run of this subset alone ends
     # with a shorter call, whose draws differ. Redo that call (unsaved).
     start = len(binary) - cut
-    seed = tf.random.experimental.stateless_fold_in(base_seed, start)
-    for term, value in terms_fn(tf.constant(binary[start:]), seed).items():
+    for term, value in call_terms(start, len(binary)).items():
       per_example[term] = np.concatenate([per_example[term][:start], value])
   summary = _summary(per_example)
   result = {

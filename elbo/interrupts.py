@@ -18,8 +18,9 @@ not create it), a process stops alone after the call in flight: all one
 process needs, but in a multi-worker cluster there the others then wait in
 the next all-reduce until the cluster times out, and a non-chief's
 checkpoint lands only in its scratch directory. (A stop flag summed across
-replicas inside the step would cover every platform; not done yet.) Outside the main thread,
-where Python lets no one catch signals, nothing is caught.
+replicas inside the step would cover every platform; not done yet.)
+Outside the main thread, where Python lets no one catch signals, nothing is
+caught.
 """
 
 import contextlib
