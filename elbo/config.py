@@ -57,6 +57,7 @@ class Config:
   batch_size: int = 256
   learning_rate: float = 1e-3
   lr_schedule: str = 'constant'
+  clip_norm: float = 0.0  # Largest gradient norm applied; 0: no clipping.
   objective: str = 'elbo'
   kl: str = 'analytic'  # 'analytic' or 'mc'.
   num_samples: int = 1  # Latent samples per example (k for 'iwae').
@@ -95,6 +96,8 @@ class Config:
     if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
       raise ConfigError(
           f'learning_rate must be > 0, got {self.learning_rate}.')
+    if not (self.clip_norm >= 0 and math.isfinite(self.clip_norm)):
+      raise ConfigError(f'clip_norm must be >= 0, got {self.clip_norm}.')
     if not (self.kl_weight >= 0 and math.isfinite(self.kl_weight)):
       raise ConfigError(f'kl_weight must be >= 0, got {self.kl_weight}.')
     if self.objective == 'iwae' and (self.kl_weight != 1 or

@@ -15,7 +15,7 @@ flight (`TrainingInterrupted`), on every worker at the same step
 
 import os
 import time
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Sequence
 
 from absl import logging
 import keras
@@ -32,7 +32,7 @@ from elbo import losses
 from elbo import models
 
 __all__ = ['Config', 'NonFiniteError', 'NonFiniteGuard',
-           'TrainingInterrupted', 'evaluate', 'make_eval_step',
+           'TrainingInterrupted', 'clip_by_global_norm', 'evaluate', 'make_eval_step',
            'make_train_loop', 'make_train_step', 'resolve_jit_compile',
            'steps_to_next_event', 'train_and_evaluate']
 
@@ -133,6 +133,24 @@ def _objective(model: models.VAE, batch: tf.Tensor, config: Config,
   return terms, terms.reconstruction - beta * terms.kl
 
 
+def clip_by_global_norm(
+    gradients: Sequence[tf.Tensor], clip_norm: float,
+    context: tf.distribute.ReplicaContext) -> List[tf.Tensor]:
+  """Scales this replica's part of the gradient so that the sum over
+  replicas, the global-batch gradient the optimizer applies, has norm at
+  most `clip_norm`.
+
+  Keras's own `global_clipnorm` clips each replica's part before the
+  optimizer sums them, which bounds another norm on several replicas.
+  """
+  total = gradients
+  if context.num_replicas_in_sync > 1:
+    total = context.all_reduce(tf.distribute.ReduceOp.SUM, gradients)
+  norm = tf.linalg.global_norm(total)
+  scale = clip_norm / tf.maximum(norm, clip_norm)
+  return [g * tf.cast(scale, g.dtype) for g in gradients]
+
+
 def make_train_step(model: models.VAE, optimizer: keras.optimizers.Optimizer,
                     config: Config, jit_compile: bool,
                     guard: Optional[NonFiniteGuard] = None,
@@ -144,7 +162,8 @@ def make_train_step(model: models.VAE, optimizer: keras.optimizers.Optimizer,
   its part r of R. Each replica's loss is minus its objective summed and
   divided by the global batch size, so the all-reduced (summed) gradients
   are those of the global mean, whatever the number of replicas. The
-  ELBO's terms come back separately for logging. `step` (int64 scalar, the
+  ELBO's terms come back separately for logging. With `config.clip_norm`,
+  the global-batch gradient is clipped to that norm. `step` (int64 scalar, the
   global step) keys the latent draws, so a step computes the same thing
   whenever it runs. XLA (`jit_compile`) compiles each replica's loss and
   gradients, and on a single replica the update too.
@@ -173,6 +192,8 @@ def make_train_step(model: models.VAE, optimizer: keras.optimizers.Optimizer,
     global_size = tf.cast(tf.shape(global_batch)[0], tf.float32)
     gradients, sums, finite = loss_and_gradients(batch, step, seed,
                                                  global_size)
+    if config.clip_norm:
+      gradients = clip_by_global_norm(gradients, config.clip_norm, context)
     optimizer.apply_gradients(zip(gradients, model.trainable_variables))
     size = tf.cast(tf.shape(batch)[0], tf.float32)
     return sums, size, 1. - tf.cast(finite, tf.float32)

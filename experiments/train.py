@@ -48,6 +48,8 @@ _HELP = {
     'batch_size': 'Examples per training step; >= 1.',
     'learning_rate': 'Adam learning rate (initial, for cosine); > 0.',
     'lr_schedule': 'constant, or cosine decay to 0 over all epochs.',
+    'clip_norm': 'Clip the global-batch gradient to this norm (over all '
+                 'replicas) before Adam; 0: no clipping.',
     'objective': 'elbo: maximize reconstruction - kl_weight * kl; iwae: '
                  'maximize the importance-weighted bound with '
                  'k = num_samples.',

@@ -31,7 +31,8 @@ _MIRRORED_VS_DEFAULT = textwrap.dedent('''
     from elbo import config as config_lib, data, train
     images = data.load_images('mnist', 'test', sys.argv[1])
     # Many latent samples: the replicas draw other samples than one device.
-    config = train.Config(batch_size=16, num_samples=200)
+    config = train.Config(batch_size=16, num_samples=200,
+                          clip_norm=float(sys.argv[2]))
     out = {}
     for name, strategy in (
         ('default', tf.distribute.get_strategy()),
@@ -61,8 +62,10 @@ def _python(code: str, *args: str, env=None, **kwargs):
                         capture_output=True, text=True, timeout=600, **kwargs)
 
 
-def test_mirrored_matches_default_on_the_same_global_batch(data_dir):
-  result = _python(_MIRRORED_VS_DEFAULT, data_dir)
+@pytest.mark.parametrize('clip_norm', [0., 1.])
+def test_mirrored_matches_default_on_the_same_global_batch(data_dir,
+                                                           clip_norm):
+  result = _python(_MIRRORED_VS_DEFAULT, data_dir, str(clip_norm))
   assert result.returncode == 0, result.stderr[-3000:]
   out = json.loads(result.stdout.strip().splitlines()[-1])
   default, mirrored = out['default'], out['mirrored']
@@ -77,6 +80,11 @@ def test_mirrored_matches_default_on_the_same_global_batch(data_dir):
   cosine = a @ b / np.linalg.norm(a) / np.linalg.norm(b)
   print('gradient norm ratio', norm_ratio, 'cosine', cosine)
   assert abs(norm_ratio - 1) < 0.05 and cosine > 0.99
+  if clip_norm:
+    # The global-batch gradient is clipped, not each replica's part
+    # (Keras's global_clipnorm would let the mirrored sum reach 2).
+    np.testing.assert_allclose([np.linalg.norm(a), np.linalg.norm(b)],
+                               clip_norm, rtol=1e-4)
 
 
 _WORKER = textwrap.dedent('''

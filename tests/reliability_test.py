@@ -182,6 +182,8 @@ _BAD_CONFIGS = [
     (dict(max_steps=-5), 'max_steps must be >= 0'),
     (dict(learning_rate=0.), 'learning_rate must be > 0'),
     (dict(learning_rate=float('nan')), 'learning_rate must be > 0'),
+    (dict(clip_norm=-1.), 'clip_norm must be >= 0'),
+    (dict(clip_norm=float('inf')), 'clip_norm must be >= 0'),
     (dict(kl='exact'), 'kl must be one of'),
     (dict(dataset='cifar10'), 'dataset must be one of'),
     (dict(jit_compile='maybe'), 'jit_compile must be one of'),
