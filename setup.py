@@ -15,7 +15,8 @@ setuptools.setup(
     install_requires=[
         'absl-py==2.5.1',
         'numpy>=1.26,<3',
-        'tensorboard==2.21.0',  # TF 2.21 no longer brings it; tf.summary needs it.
+        # TF 2.21 no longer brings it; tf.summary needs it.
+        'tensorboard==2.21.0',
         'tensorflow==2.21.0',
         'tensorflow-datasets==4.9.10',
         'tensorflow-probability==0.25.0',
