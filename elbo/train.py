@@ -33,8 +33,8 @@ from elbo import models
 
 __all__ = ['Config', 'NonFiniteError', 'NonFiniteGuard',
            'TrainingInterrupted', 'clip_by_global_norm', 'evaluate',
-           'make_eval_step', 'make_train_loop', 'make_train_step', 'resolve_jit_compile',
-           'steps_to_next_event', 'train_and_evaluate']
+           'make_eval_step', 'make_train_loop', 'make_train_step',
+           'resolve_jit_compile', 'steps_to_next_event', 'train_and_evaluate']
 
 Config = config_lib.Config
 _TERMS = losses.ElboTerms._fields  # ('elbo', 'reconstruction', 'kl')
