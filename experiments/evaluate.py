@@ -7,7 +7,9 @@ importance-sampled negative log-likelihood with k = 5000 samples per image
 (as in the IWAE paper), with standard errors, over the whole test split. It
 writes `evaluation_k5000.json` and TensorBoard scalars (`eval/`) into the
 workdir. The work is saved every few hundred images; run the same command
-again to continue after an interruption. For a quick look:
+again to continue after an interruption. A finished evaluation with fewer
+samples (say k = 1000) is reused: k = 5000 then draws only the 4000 new
+samples per image, with the same result. For a quick look:
 
   python experiments/evaluate.py --workdir=/tmp/elbo/blog \
       --num_samples=1000 --num_examples=500

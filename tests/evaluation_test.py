@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -133,8 +134,8 @@ def test_a_subset_then_more_computes_each_image_once(trained_workdir,
 
   def counting(*args):
     fn = clean(*args)
-    return lambda images, seed: (computed.append(len(images)),
-                                 fn(images, seed))[1]
+    return lambda images, *rest: (computed.append(len(images)),
+                                  fn(images, *rest))[1]
 
   monkeypatch.setattr(evaluation, 'importance_sampled_terms', counting)
   first = evaluation.evaluate_run(trained_workdir, config(12))
@@ -148,6 +149,46 @@ def test_a_subset_then_more_computes_each_image_once(trained_workdir,
     for name in ('elbo', 'log_likelihood'):
       np.testing.assert_allclose(result[name]['mean'],
                                  fresh[n][name]['mean'], rtol=1e-6)
+
+
+@pytest.mark.parametrize('kl', ['analytic', 'mc'])
+def test_more_samples_reuse_the_draws_of_fewer(trained_workdir, tmp_path, kl,
+                                               monkeypatch):
+  """k = 9 after k = 5 draws only the 4 new samples of each whole call of
+  the k = 5 evaluation (chunks of 2: the third is split), and gives what
+  k = 9 gives alone."""
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(trained_workdir, workdir,
+                  ignore=shutil.ignore_patterns('evaluation_*'))
+  with open(os.path.join(workdir, 'config.json')) as f:
+    config = json.load(f)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    json.dump({**config, 'kl': kl}, f)
+  eval_config = lambda k, n: evaluation.EvalConfig(
+      num_samples=k, num_examples=n, examples_per_call=4,
+      decoder_passes_per_call=8)
+  partial = lambda k: os.path.join(workdir, f'evaluation_k{k}.partial.npz')
+  evaluation.evaluate_run(workdir, eval_config(9, 14))
+  with np.load(partial(9)) as saved:
+    alone = {name: saved[name] for name in ('log_likelihood', 'elbo', 'kl')}
+  os.remove(partial(9))
+  evaluation.evaluate_run(workdir, eval_config(5, 10))  # Whole calls: 0-7.
+
+  clean = evaluation.importance_sampled_terms
+  reused = []
+
+  def recording(*args):
+    fn = clean(*args)
+    return lambda images, seed, reuse=None: (
+        reused.append(None if reuse is None else reuse['num_samples']),
+        fn(images, seed, reuse))[1]
+
+  monkeypatch.setattr(evaluation, 'importance_sampled_terms', recording)
+  evaluation.evaluate_run(workdir, eval_config(9, 14))
+  assert reused == [5, 5, None, None]  # Images 0-3, 4-7; 8-11, 12-13.
+  with np.load(partial(9)) as saved:
+    for name, values in alone.items():
+      np.testing.assert_allclose(saved[name], values, rtol=1e-5, atol=1e-4)
 
 
 def test_evaluate_binary_end_to_end(trained_workdir):
