@@ -191,28 +191,30 @@ def _load_partial(path: str, key: Dict[str, object]) -> Dict[str, np.ndarray]:
   return {name: np.zeros([0]) for name in _PER_EXAMPLE}
 
 
+def _whole_calls(values: Dict[str, np.ndarray],
+                 per_call: int) -> Dict[str, np.ndarray]:
+  """`values` without a last, shorter call: its draws differ from those of
+  a whole call on the same images."""
+  whole = len(values['elbo']) - len(values['elbo']) % per_call
+  return {name: v[:whole] for name, v in values.items()}
+
+
 def _reusable_draws(workdir: str, k: int, key: Dict[str, object],
                     per_call: int) -> Optional[Dict[str, np.ndarray]]:
-  """The saved per-example results with the most samples k' < k and the
-  same `key`, cut to whole calls (a last, shorter call drew differently),
-  plus `'num_samples': k'`; None if there are none."""
-  best = None
+  """The saved whole-call results with the most samples k' < k and the
+  same `key`, plus `'num_samples': k'`; None if there are none."""
+  smaller = []
   for path in glob.glob(os.path.join(workdir, 'evaluation_k*.partial.npz')):
     match = re.fullmatch(r'evaluation_k(\d+)\.partial\.npz',
                          os.path.basename(path))
-    smaller = int(match.group(1)) if match else k
-    if smaller < k and (best is None or smaller > best[0]):
-      values, _ = _read_partial(path, key)
-      if values is not None:
-        best = smaller, values
-  if best is None:
-    return None
-  smaller, values = best
-  whole = len(values['elbo']) - len(values['elbo']) % per_call
-  if not whole:
-    return None
-  return {'num_samples': smaller,
-          **{name: v[:whole] for name, v in values.items()}}
+    if match and int(match.group(1)) < k:
+      smaller.append((int(match.group(1)), path))
+  for samples, path in sorted(smaller, reverse=True):
+    values, _ = _read_partial(path, key)
+    if values is not None:
+      values = _whole_calls(values, per_call)
+      return {'num_samples': samples, **values} if len(values['elbo']) else None
+  return None
 
 
 def evaluate_run(workdir: str, eval_config: EvalConfig) -> Dict:
@@ -257,8 +259,8 @@ def evaluate_run(workdir: str, eval_config: EvalConfig) -> Dict:
     # Continue at a whole call: a call's draws depend on where it starts
     # and how many images it holds, so the results are the same however
     # the work was split.
-    done -= done % per_call
-    values = {term: v[:done] for term, v in values.items()}
+    values = _whole_calls(values, per_call)
+    done = len(values['elbo'])
   if done:
     logging.info('Continuing evaluation_k%d from example %d (of %d asked).',
                  k, done, len(binary))
