@@ -79,7 +79,8 @@ def restore_model(workdir: str, precision: str = 'float32',
     Config, and the global step of the checkpoint.
   """
   config = config_lib.load(workdir, **config_overrides)
-  model = config_lib.build_model(config, precision=precision)
+  model = config_lib.build_model(
+      dataclasses.replace(config, precision=precision))
   path = tf.train.latest_checkpoint(os.path.join(workdir, 'checkpoints'))
   if path is None:
     raise FileNotFoundError(f'{workdir}/checkpoints: no checkpoint to '

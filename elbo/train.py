@@ -7,41 +7,58 @@ position follows from the step, because batches and latent draws are keyed on
 (seed, epoch, step) (see `elbo.data`). So an interrupted and resumed run
 computes what an uninterrupted one would.
 
+The pieces are the researcher's: `model_fn(config)` builds any model with
+the three methods of `elbo.models.Model`; the objective comes from the table
+`elbo.objectives.OBJECTIVES`, the data from `elbo.data`'s table. The loop is
+set-up, then training calls that stop at the next periodic action (log,
+images, epoch evaluation, checkpoint; `steps_to_next_event`).
+
 Safety: SIGTERM / SIGINT end the run with a checkpoint after the steps in
 flight (`TrainingInterrupted`), on every worker at the same step
 (`elbo.interrupts`); a non-finite loss term or gradient stops it
-(`NonFiniteError`) before any checkpoint of the bad state is written.
+(`NonFiniteError`) before any checkpoint of the bad state is written; a
+divergence that stays finite is detected and recovered from
+(`elbo.divergence`), up to `divergence_max_recoveries` times
+(`DivergenceError`).
 """
 
+import dataclasses
 import os
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
 
 from absl import logging
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorboard.plugins.hparams import api as hparams_api
 
 from elbo import checkpoints
 from elbo import config as config_lib
 from elbo import data
 from elbo import distribute
+from elbo import divergence
 from elbo import images
 from elbo import interrupts
 from elbo import losses
 from elbo import models
+from elbo import objectives
 
-__all__ = ['Config', 'NonFiniteError', 'NonFiniteGuard',
-           'TrainingInterrupted', 'clip_by_global_norm', 'evaluate',
-           'make_eval_step', 'make_train_loop', 'make_train_step',
+__all__ = ['Config', 'DivergenceError', 'ModelFn', 'NonFiniteError',
+           'NonFiniteGuard', 'TrainingInterrupted', 'clip_by_global_norm',
+           'evaluate', 'global_gradient_norm', 'make_eval_step', 'make_train_loop', 'make_train_step',
            'resolve_jit_compile', 'steps_to_next_event', 'train_and_evaluate']
 
 Config = config_lib.Config
+ModelFn = Callable[[Config], models.Model]
 _TERMS = losses.ElboTerms._fields  # ('elbo', 'reconstruction', 'kl')
 # Logged during training: the ELBO terms and the objective maximized (the
 # ELBO itself, beta-weighted during KL warm-up, or the IWAE bound).
 _TRAIN_METRICS = _TERMS + ('objective',)
 _GUARDED = _TRAIN_METRICS + ('gradients',)
+# What a training step returns: the metrics, then the global gradient norm
+# (logged, but not part of the checkpointed sums).
+_STEP_OUTPUTS = _TRAIN_METRICS + ('gradient_norm',)
 _NUM_GRID_IMAGES = 16
 # Stream ids folded into the run seed, so each random use has its own stream.
 _LATENT_STREAM, _EVAL_STREAM, _FIGURE_STREAM = 1, 2, 3
@@ -73,6 +90,10 @@ class TrainingInterrupted(Exception):
 
 class NonFiniteError(FloatingPointError):
   """A loss term or the gradients became NaN or infinite."""
+
+
+class DivergenceError(RuntimeError):
+  """Training kept diverging after the allowed recoveries."""
 
 
 class NonFiniteGuard(tf.Module):
@@ -113,73 +134,67 @@ class NonFiniteGuard(tf.Module):
           'stopped and the last checkpoint (before it) was kept.')
 
 
-def _batch_elbo(model: models.VAE, batch: tf.Tensor, config: Config,
-                seed: tf.Tensor) -> losses.ElboTerms:
-  return losses.elbo(batch, model.approx_posterior(batch),
-                     model.decoder_likelihood, model.latent_prior(),
-                     num_samples=config.num_samples, kl_method=config.kl,
-                     seed=seed)
-
-
-def _objective(model: models.VAE, batch: tf.Tensor, config: Config,
-               seed: tf.Tensor, step: tf.Tensor):
-  """Per-example ELBO terms and the objective to maximize."""
-  if config.objective == 'iwae':
-    return losses.elbo_and_importance_weighted_bound(
-        batch, model.approx_posterior(batch), model.decoder_likelihood,
-        model.latent_prior(), num_samples=config.num_samples, seed=seed)
-  terms = _batch_elbo(model, batch, config, seed)
-  beta = losses.kl_weight(step, config.kl_weight, config.kl_warmup_steps)
-  return terms, terms.reconstruction - beta * terms.kl
-
-
 def clip_by_global_norm(
     gradients: Sequence[tf.Tensor], clip_norm: float,
-    context: tf.distribute.ReplicaContext) -> List[tf.Tensor]:
+    context: tf.distribute.ReplicaContext,
+    norm: Optional[tf.Tensor] = None) -> List[tf.Tensor]:
   """Scales this replica's part of the gradient so that the sum over
   replicas, the global-batch gradient the optimizer applies, has norm at
-  most `clip_norm`.
+  most `clip_norm`. `norm`: that sum's norm, if already known.
 
   Keras's own `global_clipnorm` clips each replica's part before the
   optimizer sums them, which bounds another norm on several replicas.
   """
-  total = gradients
-  if context.num_replicas_in_sync > 1:
-    total = context.all_reduce(tf.distribute.ReduceOp.SUM, gradients)
-  norm = tf.linalg.global_norm(total)
+  if norm is None:
+    norm = global_gradient_norm(gradients, context)
   scale = clip_norm / tf.maximum(norm, clip_norm)
   return [g * tf.cast(scale, g.dtype) for g in gradients]
 
 
-def make_train_step(model: models.VAE, optimizer: keras.optimizers.Optimizer,
+def global_gradient_norm(gradients: Sequence[tf.Tensor],
+                         context: tf.distribute.ReplicaContext) -> tf.Tensor:
+  """The norm of the global-batch gradient, the sum over replicas of their
+  parts (an all-reduce of the gradients when there are several)."""
+  if context.num_replicas_in_sync > 1:
+    gradients = context.all_reduce(tf.distribute.ReduceOp.SUM, gradients)
+  return tf.linalg.global_norm(gradients)
+
+
+def make_train_step(model: models.Model,
+                    optimizer: keras.optimizers.Optimizer,
                     config: Config, jit_compile: bool,
                     guard: Optional[NonFiniteGuard] = None,
-                    strategy: Optional[tf.distribute.Strategy] = None):
+                    strategy: Optional[tf.distribute.Strategy] = None,
+                    divergence_guard: Optional[
+                        divergence.DivergenceGuard] = None):
   """Returns `train_step(batch, step) -> [elbo, reconstruction, kl,
-  objective]`, means over the global batch.
+  objective, gradient_norm]`, means over the global batch and the norm of
+  the global-batch gradient.
 
   `batch` is the global batch; under `strategy`, replica r of R trains on
-  its part r of R. Each replica's loss is minus its objective summed and
-  divided by the global batch size, so the all-reduced (summed) gradients
-  are those of the global mean, whatever the number of replicas. The
-  ELBO's terms come back separately for logging. With `config.clip_norm`,
-  the global-batch gradient is clipped to that norm. `step` (int64 scalar, the
+  its part r of R. Each replica's loss is minus its objective
+  (`objectives.OBJECTIVES[config.objective]`) summed and divided by the
+  global batch size, so the all-reduced (summed) gradients are those of the
+  global mean, whatever the number of replicas. The ELBO's terms come back
+  separately for logging. With `config.clip_norm`, the global-batch gradient
+  is clipped to that norm. On several replicas the norm costs an all-reduce
+  of the gradients besides the optimizer's own. `step` (int64 scalar, the
   global step) keys the latent draws, so a step computes the same thing
   whenever it runs. XLA (`jit_compile`) compiles each replica's loss and
   gradients, and on a single replica the update too.
   """
   strategy = strategy or tf.distribute.get_strategy()
   latent_seed = tf.constant([config.seed, _LATENT_STREAM], tf.int32)
+  objective_fn = objectives.OBJECTIVES[config.objective]
 
   @tf.function(jit_compile=jit_compile)
   def loss_and_gradients(batch, step, seed, global_size):
     with tf.GradientTape() as tape:
-      terms, objective = _objective(model, batch, config, seed, step)
+      terms, objective = objective_fn(model, batch, config, seed, step)
       loss = -tf.reduce_sum(objective) / global_size
     gradients = tape.gradient(loss, model.trainable_variables)
     sums = tf.stack([tf.reduce_sum(t) for t in (*terms, objective)])
-    finite = tf.math.is_finite(tf.linalg.global_norm(gradients))
-    return gradients, sums, finite
+    return gradients, sums
 
   def replica_step(global_batch, step):
     context = tf.distribute.get_replica_context()
@@ -190,13 +205,15 @@ def make_train_step(model: models.VAE, optimizer: keras.optimizers.Optimizer,
     seed = tf.random.experimental.stateless_fold_in(
         latent_seed, tf.cast(step, tf.int32) * replicas + replica)
     global_size = tf.cast(tf.shape(global_batch)[0], tf.float32)
-    gradients, sums, finite = loss_and_gradients(batch, step, seed,
-                                                 global_size)
+    gradients, sums = loss_and_gradients(batch, step, seed, global_size)
+    norm = global_gradient_norm(gradients, context)
     if config.clip_norm:
-      gradients = clip_by_global_norm(gradients, config.clip_norm, context)
+      gradients = clip_by_global_norm(gradients, config.clip_norm, context,
+                                      norm)
     optimizer.apply_gradients(zip(gradients, model.trainable_variables))
     size = tf.cast(tf.shape(batch)[0], tf.float32)
-    return sums, size, 1. - tf.cast(finite, tf.float32)
+    # Every replica has the same norm: its sum over replicas divided by R.
+    return sums, size, norm / replicas
 
   if jit_compile and strategy.num_replicas_in_sync == 1:
     # On one device XLA also fuses the optimizer's update into the step;
@@ -205,57 +222,62 @@ def make_train_step(model: models.VAE, optimizer: keras.optimizers.Optimizer,
 
   @tf.function
   def train_step(batch, step):
-    sums, size, nonfinite = [
+    sums, size, norm = [
         strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
         for value in strategy.run(replica_step, args=(batch, step))]
     metrics = sums / size
     if guard is not None:
-      guard.observe(step, metrics, nonfinite == 0)
-    return metrics
+      guard.observe(step, metrics, tf.math.is_finite(norm))
+    if divergence_guard is not None:
+      divergence_guard.observe(step, metrics[_TRAIN_METRICS.index(
+          'objective')], norm)
+    return tf.concat([metrics, [norm]], axis=0)
 
   return train_step
 
 
 def make_train_loop(train_step, images: tf.Variable, batch_size: int,
                     seed: int):
-  """Returns `train_steps(first_step, num_steps) -> metric sums`: runs
+  """Returns `train_steps(first_step, num_steps, data_offset) -> sums`: runs
   `train_step` on steps first_step, ..., first_step + num_steps - 1 in one
   `tf.function` call, making each batch in the graph from the resident
-  `images` (`data.training_batch`). Several steps per call cut Python
-  dispatch, which matters on accelerators. Returns the sum over the steps
-  of `train_step`'s per-step means.
+  `images` (`data.training_batch` of step + data_offset, an int64 scalar:
+  0 unless a divergence recovery skipped data). Several steps per call cut
+  Python dispatch, which matters on accelerators. Returns the sum over the
+  steps of `train_step`'s outputs.
   """
 
   @tf.function
-  def train_steps(first_step, num_steps):
-    sums = tf.zeros([len(_TRAIN_METRICS)])
+  def train_steps(first_step, num_steps, data_offset=0):
+    sums = tf.zeros([len(_STEP_OUTPUTS)])
     for step in tf.range(first_step, first_step + num_steps):
-      batch = data.training_batch(images, batch_size, seed, step)
+      batch = data.training_batch(images, batch_size, seed,
+                                  step + data_offset)
       sums += train_step(batch, step)
     return sums
 
   return train_steps
 
 
-def steps_to_next_event(step: int, config: Config, steps_per_epoch: int,
-                        total_steps: int) -> int:
-  """How many steps one call may run: up to `config.steps_per_call`, but
-  never past the next log, image, checkpoint, end of epoch or of training,
-  so that every one of these happens at exactly the step it would with one
-  step per call."""
-  boundaries = [step + config.steps_per_call, total_steps]
-  for every in (config.log_every, config.image_every,
-                config.checkpoint_every, steps_per_epoch):
-    boundaries.append((step // every + 1) * every)
+def steps_to_next_event(step: int, intervals: Sequence[int], total_steps: int,
+                        steps_per_call: int,
+                        also_at: Sequence[int] = ()) -> int:
+  """How many steps one call may run: up to `steps_per_call`, but never
+  past the next multiple of any of `intervals` (the periodic actions' and
+  the epoch's), a step in `also_at`, or the end of training, so that every
+  action happens at exactly the step it would with one step per call."""
+  boundaries = [step + steps_per_call, total_steps]
+  boundaries += [(step // every + 1) * every for every in intervals]
+  boundaries += [s for s in also_at if s > step]
   return min(boundaries) - step
 
 
-def make_eval_step(model: models.VAE, config: Config, jit_compile: bool):
+def make_eval_step(model: models.Model, config: Config, jit_compile: bool):
   """Returns `eval_step(batch, seed) -> [elbo, reconstruction, kl]` sums."""
 
   @tf.function(jit_compile=jit_compile)
   def eval_step(batch, seed):
-    terms = _batch_elbo(model, batch, config, seed)
+    terms = objectives.batch_elbo(model, batch, config, seed)
     return tf.stack([tf.reduce_sum(t) for t in terms])
 
   return eval_step
@@ -286,13 +308,400 @@ def _format(metrics: Dict[str, float]) -> str:
   return ', '.join(f'{k} {v:.2f}' for k, v in metrics.items())
 
 
-def train_and_evaluate(config: Config,
-                       workdir: str) -> Dict[str, Dict[str, float]]:
-  """Trains (or resumes) the blog's VAE and evaluates it each epoch.
+class _ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
+  """A schedule times a factor the loop sets (divergence cool-down). The
+  factor is not checkpointed: it follows from `divergences.jsonl`."""
+
+  def __init__(self, schedule: keras.optimizers.schedules.LearningRateSchedule):
+    self.schedule = schedule
+    self.factor = tf.Variable(1.0, trainable=False, name='lr_factor')
+
+  def __call__(self, step):
+    return self.schedule(step) * self.factor
+
+
+class _LearningRate:
+  """The optimizer's learning rate: the config's rate or schedule, times a
+  factor. Keras checkpoints a constant rate (a variable) but not a
+  schedule, so a constant rate is set again after every restore: a run
+  resumed with another --learning_rate trains at the new one."""
+
+  def __init__(self, base):
+    self.base = base
+    self.schedule = (_ScaledSchedule(base) if callable(base) else None)
+
+  def for_optimizer(self):
+    return self.schedule or self.base
+
+  def set_factor(self, optimizer: keras.optimizers.Optimizer,
+                 factor: float) -> None:
+    if self.schedule is not None:
+      self.schedule.factor.assign(factor)
+    else:
+      optimizer.learning_rate = self.base * factor
+
+
+class _DivergenceDetected(Exception):
+  """Raised inside the loop; `_Trainer.recover` handles it."""
+
+  def __init__(self, bad_step: int):
+    super().__init__(bad_step)
+    self.bad_step = bad_step
+
+
+class _PeriodicAction(NamedTuple):
+  """Runs after the call that ends at a multiple of any of `every` (and at
+  the last step if `at_end`)."""
+  every: Sequence[int]
+  at_end: bool
+  run: Callable[[int], None]
+
+
+def _hparams(config: Config) -> Dict[str, object]:
+  """The config as HParams values (bool, int, float or str; None as str)."""
+  return {k: v if isinstance(v, (bool, int, float, str)) else str(v)
+          for k, v in dataclasses.asdict(config).items()}
+
+
+class _Trainer:
+  """One training run: set up in `__init__`, then `train()`.
+
+  Each periodic action (log, images, epoch evaluation, checkpoint) is one
+  method, listed in `actions()`; the loop runs training calls that end at
+  the next action (`steps_to_next_event`) and then the actions due.
+  """
+
+  def __init__(self, config: Config, workdir: str,
+               model_fn: Optional[ModelFn]):
+    self.config = config
+    self.workdir = workdir
+    # First, before any other TF op: multi-worker collectives need it.
+    self.strategy = distribute.make_strategy(config.strategy, config.tpu)
+    self.chief = distribute.is_chief(self.strategy)
+    if tf.io.gfile.exists(workdir) and not tf.io.gfile.isdir(workdir):
+      raise config_lib.ConfigError(
+          f'workdir {workdir!r} exists and is not a directory.')
+    replicas = self.strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+      raise config_lib.ConfigError(
+          f'batch_size {config.batch_size} is not divisible by the '
+          f'{replicas} replicas.')
+    train_images = data.load_images(config.dataset, 'train', config.data_dir)
+    test_images = data.load_images(config.dataset, 'test', config.data_dir)
+    self.steps_per_epoch = data.steps_per_epoch(len(train_images),
+                                                config.batch_size)
+    if self.steps_per_epoch == 0:
+      raise config_lib.ConfigError(
+          f'batch_size {config.batch_size} exceeds the {len(train_images)} '
+          'training images.')
+    self.total_steps = config.epochs * self.steps_per_epoch
+    if config.max_steps:
+      self.total_steps = min(self.total_steps, config.max_steps)
+
+    keras.utils.set_random_seed(config.seed)  # Weight initialization.
+    with self.strategy.scope():
+      self.model = (model_fn or config_lib.build_model)(config)
+      if not isinstance(self.model, models.Model):
+        raise config_lib.ConfigError(
+            f'The model ({type(self.model).__name__}) lacks one of '
+            'approx_posterior, decoder_likelihood, latent_prior '
+            '(elbo.models.Model).')
+      self.learning_rate = _LearningRate(
+          config_lib.learning_rate(config, self.steps_per_epoch))
+      self.optimizer = keras.optimizers.Adam(
+          self.learning_rate.for_optimizer(), epsilon=config.adam_epsilon)
+      self.optimizer.build(self.model.trainable_variables)
+      # Running sums of the batch-mean metrics, checkpointed with the model
+      # so a resumed run logs the same averages as an uninterrupted one.
+      self.interval_sums = tf.Variable(tf.zeros([len(_TRAIN_METRICS)]),
+                                       trainable=False)
+      self.epoch_sums = tf.Variable(tf.zeros([len(_TRAIN_METRICS)]),
+                                    trainable=False)
+      self.guard = NonFiniteGuard()
+      self.divergence_guard = divergence.DivergenceGuard(
+          config.divergence_window, config.divergence_threshold)
+    # Every worker resumes from the chief's checkpoints; non-chief workers
+    # take part in saving (it may be collective) into a scratch directory.
+    self.own_dir = distribute.worker_dir(workdir, self.strategy)
+    self.manager = checkpoints.make_manager(
+        self.own_dir, self._checkpoints_to_keep(), model=self.model,
+        optimizer=self.optimizer, interval_sums=self.interval_sums,
+        epoch_sums=self.epoch_sums)
+    checkpoints.restore_latest(self.manager,
+                               os.path.join(workdir, 'checkpoints'))
+    tf.io.gfile.makedirs(self.own_dir)
+    if self.chief:
+      config_lib.save(workdir, config)
+    self.step = int(self.optimizer.iterations.numpy())
+    self.last_saved_step = self.step
+    self.recoveries = divergence.read_recoveries(workdir)
+    self.data_offset = tf.Variable(0, dtype=tf.int64, trainable=False)
+    self._apply_remedies()
+
+    jit_compile = resolve_jit_compile(config.jit_compile)
+    logging.info('XLA (jit_compile): %s; %d replicas (%s); %d steps per '
+                 'epoch; step %d of %d.', jit_compile, replicas,
+                 config.strategy, self.steps_per_epoch, self.step,
+                 self.total_steps)
+    self.train_steps = make_train_loop(
+        make_train_step(self.model, self.optimizer, config, jit_compile,
+                        self.guard, self.strategy, self.divergence_guard),
+        data.resident_images(train_images), config.batch_size, config.seed)
+    self.eval_step = make_eval_step(self.model, config, jit_compile)
+    writer = lambda name: (
+        tf.summary.create_file_writer(os.path.join(workdir, name))
+        if self.chief else tf.summary.create_noop_writer())
+    self.train_writer, self.test_writer = writer('train'), writer('test')
+    self.test_batches = data.eval_batches(test_images,
+                                          config.eval_batch_size)
+    self.figure_seed = tf.constant([config.seed, _FIGURE_STREAM], tf.int32)
+    self.grid_inputs = next(iter(
+        self.test_batches.unbatch().batch(_NUM_GRID_IMAGES)))
+    # Drawn once, so the prior-sample pictures compare across steps.
+    self.prior_z = self.model.latent_prior().sample(_NUM_GRID_IMAGES,
+                                                    seed=self.figure_seed)
+    self.train_metrics: Dict[str, float] = {}
+    self.test_metrics: Dict[str, float] = {}
+    self.images_written_at = -1
+
+  def _checkpoints_to_keep(self) -> int:
+    """Enough that one checkpoint `divergence_rewind` steps before any step
+    is still there when a divergence is noticed (before the next save)."""
+    config = self.config
+    if config.divergence_threshold <= 0:
+      return config.keep_checkpoints
+    needed = (config.divergence_rewind // config.checkpoint_every +
+              config.divergence_rewind // self.steps_per_epoch + 3)
+    return max(config.keep_checkpoints, needed)
+
+  def _apply_remedies(self) -> None:
+    """The learning-rate factor and data offset in force at `self.step`."""
+    self.learning_rate.set_factor(
+        self.optimizer, divergence.lr_factor(self.recoveries, self.step))
+    self.data_offset.assign(divergence.data_offset(self.recoveries,
+                                                   self.step))
+
+  def actions(self) -> List[_PeriodicAction]:
+    config = self.config
+    return [
+        _PeriodicAction((config.log_every,), True, self.log),
+        _PeriodicAction((config.image_every,), False, self.write_images),
+        _PeriodicAction((self.steps_per_epoch,), False, self.evaluate_epoch),
+        _PeriodicAction((config.checkpoint_every, self.steps_per_epoch), True,
+                        self.save),
+    ]
+
+  def check_health(self) -> None:
+    """Before anything is logged or saved: NaN stops the run, a finite
+    divergence is recovered from."""
+    self.guard.check()
+    bad_step = self.divergence_guard.bad_step()
+    if bad_step is not None:
+      raise _DivergenceDetected(bad_step)
+
+  def log(self, step: int) -> None:
+    config = self.config
+    since_log = step - (step - 1) // config.log_every * config.log_every
+    self.train_metrics = dict(zip(
+        _TRAIN_METRICS, (self.interval_sums / since_log).numpy().tolist()))
+    if step % config.log_every == 0:
+      # Not at a last step off the grid: if the run is resumed with more
+      # steps, the next log still averages its whole interval.
+      self.interval_sums.assign(tf.zeros_like(self.interval_sums))
+    scalars = {
+        **self.train_metrics,
+        'learning_rate': float(self.optimizer.learning_rate.numpy()),
+    }
+    if self.norm_steps:
+      scalars['gradient_norm'] = float(self.norm_sum) / self.norm_steps
+    self.norm_sum, self.norm_steps = 0., 0
+    if self.timer_start is not None and step > self.timer_step:
+      elapsed = time.perf_counter() - self.timer_start
+      # Without the first call of the process: it traces and compiles.
+      scalars['examples_per_second'] = ((step - self.timer_step) *
+                                        config.batch_size / elapsed)
+      self.timer_start, self.timer_step = time.perf_counter(), step
+    _write_scalars(self.train_writer, step, scalars)
+    epoch = (step - 1) // self.steps_per_epoch + 1
+    self.progress.update(step - self.start_step,
+                         [('epoch', epoch), *self.train_metrics.items()])
+
+  def pictures(self) -> Dict[str, tf.Tensor]:
+    return images.blog_pictures(self.model, self.grid_inputs, self.prior_z,
+                                self.figure_seed)
+
+  def write_images(self, step: int) -> None:
+    if self.chief:
+      images.write_image_summaries(self.train_writer, step, self.pictures())
+      self.images_written_at = step
+
+  def evaluate_epoch(self, step: int) -> None:
+    epoch_metrics = dict(zip(
+        _TRAIN_METRICS,
+        (self.epoch_sums / self.steps_per_epoch).numpy().tolist()))
+    self.epoch_sums.assign(tf.zeros_like(self.epoch_sums))
+    # Not collective: only the chief evaluates; the others wait at the
+    # next step's all-reduce.
+    self.test_metrics = (evaluate(self.eval_step, self.test_batches,
+                                  self.config.seed) if self.chief else {})
+    _write_scalars(self.train_writer, step,
+                   {f'epoch/{k}': v for k, v in epoch_metrics.items()})
+    _write_scalars(self.test_writer, step, self.test_metrics)
+    logging.info('Epoch %d (step %d): train %s; test %s',
+                 step // self.steps_per_epoch, step, _format(epoch_metrics),
+                 _format(self.test_metrics))
+
+  def save(self, step: int) -> None:
+    self.guard.check()
+    self.manager.save(checkpoint_number=step)
+    self.last_saved_step = step
+
+  def recover(self, bad_step: int) -> None:
+    """Restores the newest checkpoint `divergence_rewind` steps before
+    `bad_step` (0-based) and applies the remedy (`elbo.divergence`)."""
+    config = self.config
+    detail = self.divergence_guard.describe()
+    saved = sorted(int(path.rsplit('-', 1)[1])
+                   for path in self.manager.checkpoints)
+    before = [s for s in saved if s <= bad_step - config.divergence_rewind]
+    target = (before or [s for s in saved if s <= bad_step] or [None])[-1]
+    if (len(self.recoveries) >= config.divergence_max_recoveries or
+        target is None):
+      kept = f'ckpt-{saved[-1]} kept' if saved else 'no checkpoint yet'
+      raise DivergenceError(
+          f'Training diverged at step {bad_step + 1} ({detail}) after '
+          f'{len(self.recoveries)} recoveries; stopped, {kept}. Try a lower '
+          '--learning_rate or --clip_norm.')
+    path = os.path.join(self.manager.directory, f'ckpt-{target}')
+    self.manager.checkpoint.restore(path).assert_consumed()
+    recovery = divergence.Recovery(
+        bad_step=bad_step + 1, restored_step=target,
+        data_skip=bad_step - target + 1 + config.divergence_skip,
+        lr_factor=config.divergence_lr_factor,
+        cooldown=config.divergence_cooldown, detail=detail)
+    self.recoveries.append(recovery)
+    if self.chief:
+      divergence.record_recovery(self.workdir, recovery)
+    logging.warning('Divergence at step %d (%s): restored ckpt-%d; data '
+                    'skip %d steps ahead, learning rate x%g for %d steps '
+                    '(recovery %d of at most %d).', bad_step + 1, detail,
+                    target, recovery.data_skip, recovery.lr_factor,
+                    recovery.cooldown, len(self.recoveries),
+                    config.divergence_max_recoveries)
+    _write_scalars(self.train_writer, bad_step + 1, {
+        'divergence/bad_step': bad_step + 1,
+        'divergence/restored_step': target,
+        'divergence/recoveries': len(self.recoveries)})
+    self.divergence_guard.reset()
+    self.step = self.last_saved_step = target
+    self._apply_remedies()
+    self.norm_sum, self.norm_steps = 0., 0
+    self.timer_start, self.timer_step = time.perf_counter(), target
+
+  def _write_run_summaries(self) -> None:
+    """The config as text and as HParams, for comparing runs."""
+    if not self.chief:
+      return
+    values = dataclasses.asdict(self.config)
+    table = '\n'.join(['| flag | value |', '| --- | --- |'] +
+                      [f'| {k} | {v} |' for k, v in values.items()])
+    with self.train_writer.as_default(step=self.step):
+      tf.summary.text('config', table)
+    with tf.summary.create_file_writer(self.workdir).as_default():
+      hparams_api.hparams(_hparams(self.config),
+                          trial_id=os.path.basename(
+                              os.path.normpath(self.workdir)))
+    self.train_writer.flush()
+
+  def train(self) -> Dict[str, Dict[str, float]]:
+    config = self.config
+    actions = self.actions()
+    self._write_run_summaries()
+    self.start_step = self.step
+    self.progress = keras.utils.Progbar(
+        max(self.total_steps - self.start_step, 1),
+        stateful_metrics=('epoch',) + _TRAIN_METRICS)
+    self.norm_sum, self.norm_steps = 0., 0
+    self.timer_start, self.timer_step = None, self.step
+
+    def stop(signum):
+      raise TrainingInterrupted(self.step, signum)
+
+    with interrupts.stop_on_signals(
+        self.strategy, self.manager.directory,
+        lambda: self.save(self.step), stop) as check_stop:
+      while self.step < self.total_steps:
+        step = self.step
+        if self.recoveries:
+          self._apply_remedies()
+        change = divergence.next_change(self.recoveries, step)
+        num_steps = steps_to_next_event(
+            step, sorted({i for a in actions for i in a.every}),
+            self.total_steps, config.steps_per_call,
+            [] if change is None else [change])
+        outputs = self.train_steps(tf.constant(step, tf.int64),
+                                   tf.constant(num_steps, tf.int64),
+                                   self.data_offset)
+        if self.timer_start is None:
+          outputs.numpy()  # Waits for the first call, which compiles.
+          self.timer_start, self.timer_step = (time.perf_counter(),
+                                               step + num_steps)
+        sums = outputs[:len(_TRAIN_METRICS)]
+        self.interval_sums.assign_add(sums)
+        self.epoch_sums.assign_add(sums)
+        self.norm_sum += outputs[-1]
+        self.norm_steps += num_steps
+        self.step = step = step + num_steps
+        due = [a for a in actions
+               if any(step % every == 0 for every in a.every) or
+               (a.at_end and step == self.total_steps)]
+        try:
+          if due:
+            self.check_health()
+          for action in due:
+            action.run(step)
+          check_stop()  # Saves and raises TrainingInterrupted on a signal.
+        except _DivergenceDetected as e:
+          self.recover(e.bad_step)
+    distribute.remove_worker_dir(self.workdir, self.strategy)
+    return self.finish()
+
+  def finish(self) -> Dict[str, Dict[str, float]]:
+    """The last evaluation and the figures, on the chief."""
+    if not self.chief:
+      return {'train': self.train_metrics, 'test': {}}
+    if not self.test_metrics:
+      self.test_metrics = evaluate(self.eval_step, self.test_batches,
+                                   self.config.seed)
+      _write_scalars(self.test_writer, self.step, self.test_metrics)
+    final_pictures = self.pictures()
+    if self.images_written_at != self.step:
+      images.write_image_summaries(self.train_writer, self.step,
+                                   final_pictures)
+    images.write_figures(self.workdir, final_pictures)
+    logging.info('Done at step %d: test %s', self.step,
+                 _format(self.test_metrics))
+    return {'train': self.train_metrics, 'test': self.test_metrics}
+
+
+def train_and_evaluate(config: Config, workdir: str,
+                       model_fn: Optional[ModelFn] = None
+                       ) -> Dict[str, Dict[str, float]]:
+  """Trains (or resumes) a VAE and evaluates it each epoch.
+
+  Args:
+    config: the run's flags.
+    workdir: where the run lives; an existing run there is resumed.
+    model_fn: `model_fn(config) -> model`, any Keras model with the three
+      methods of `elbo.models.Model`. Default: the built-in model
+      `config.model` names (`elbo.config.build_model`). Resume and evaluate
+      with the same function.
 
   Writes to `workdir`: `checkpoints/`, TensorBoard events in `train/` and
-  `test/`, `config.json`, and at the end `reconstructions.png` and
-  `prior_samples.png`. Nothing is created before the data has loaded.
+  `test/` (and the config as HParams at the top), `config.json`,
+  `divergences.jsonl` if training had to recover, and at the end
+  `reconstructions.png` and `prior_samples.png`. Nothing is created before
+  the data has loaded.
 
   Returns:
     The mean ELBO terms of the last train interval and of the last test
@@ -302,152 +711,13 @@ def train_and_evaluate(config: Config,
     TrainingInterrupted: SIGTERM or SIGINT, here or at another worker; a
       checkpoint was written.
     NonFiniteError: NaN/Inf in a loss term or the gradients.
+    DivergenceError: a finite divergence persisted after the allowed
+      recoveries.
     checkpoints.CheckpointMismatchError: the workdir holds another model.
     data.DataError: a data file is missing or malformed.
-    config_lib.ConfigError: the workdir is a file, or the batch is larger
-      than the training set or not divisible by the replicas.
+    config_lib.ConfigError: the workdir is a file, the batch is larger
+      than the training set or not divisible by the replicas, or the model
+      lacks the interface.
     distribute.StrategyError: the strategy cannot run here.
   """
-  # First, before any other TF op: multi-worker collectives need it.
-  strategy = distribute.make_strategy(config.strategy, config.tpu)
-  chief = distribute.is_chief(strategy)
-  if tf.io.gfile.exists(workdir) and not tf.io.gfile.isdir(workdir):
-    raise config_lib.ConfigError(
-        f'workdir {workdir!r} exists and is not a directory.')
-  if config.batch_size % strategy.num_replicas_in_sync:
-    raise config_lib.ConfigError(
-        f'batch_size {config.batch_size} is not divisible by the '
-        f'{strategy.num_replicas_in_sync} replicas.')
-  train_images = data.load_images(config.dataset, 'train', config.data_dir)
-  test_images = data.load_images(config.dataset, 'test', config.data_dir)
-  steps_per_epoch = data.steps_per_epoch(len(train_images), config.batch_size)
-  if steps_per_epoch == 0:
-    raise config_lib.ConfigError(
-        f'batch_size {config.batch_size} exceeds the {len(train_images)} '
-        'training images.')
-  total_steps = config.epochs * steps_per_epoch
-  if config.max_steps:
-    total_steps = min(total_steps, config.max_steps)
-
-  keras.utils.set_random_seed(config.seed)  # Weight initialization.
-  with strategy.scope():
-    model = config_lib.build_model(config)
-    optimizer = keras.optimizers.Adam(
-        config_lib.learning_rate(config, steps_per_epoch))
-    optimizer.build(model.trainable_variables)
-    # Running sums of the batch-mean metrics, checkpointed with the model so
-    # a resumed run logs the same averages as an uninterrupted one.
-    interval_sums = tf.Variable(tf.zeros([len(_TRAIN_METRICS)]),
-                                trainable=False)
-    epoch_sums = tf.Variable(tf.zeros([len(_TRAIN_METRICS)]),
-                             trainable=False)
-    guard = NonFiniteGuard()
-  # Every worker resumes from the chief's checkpoints; non-chief workers
-  # take part in saving (it may be collective) into a scratch directory.
-  own_dir = distribute.worker_dir(workdir, strategy)
-  manager = checkpoints.make_manager(
-      own_dir, config.keep_checkpoints, model=model, optimizer=optimizer,
-      interval_sums=interval_sums, epoch_sums=epoch_sums)
-  checkpoints.restore_latest(manager, os.path.join(workdir, 'checkpoints'))
-  tf.io.gfile.makedirs(own_dir)
-  if chief:
-    config_lib.save(workdir, config)
-  step = int(optimizer.iterations.numpy())
-
-  jit_compile = resolve_jit_compile(config.jit_compile)
-  logging.info('XLA (jit_compile): %s; %d replicas (%s); %d steps per epoch; '
-               'step %d of %d.', jit_compile, strategy.num_replicas_in_sync,
-               config.strategy, steps_per_epoch, step, total_steps)
-  train_steps = make_train_loop(
-      make_train_step(model, optimizer, config, jit_compile, guard, strategy),
-      data.resident_images(train_images), config.batch_size, config.seed)
-  eval_step = make_eval_step(model, config, jit_compile)
-  writer = lambda name: (
-      tf.summary.create_file_writer(os.path.join(workdir, name)) if chief
-      else tf.summary.create_noop_writer())
-  train_writer, test_writer = writer('train'), writer('test')
-  test_batches = data.eval_batches(test_images, config.eval_batch_size)
-
-  figure_seed = tf.constant([config.seed, _FIGURE_STREAM], tf.int32)
-  grid_inputs = next(iter(test_batches.unbatch().batch(_NUM_GRID_IMAGES)))
-  # Drawn once, so the prior-sample pictures compare across steps.
-  prior_z = model.latent_prior().sample(_NUM_GRID_IMAGES, seed=figure_seed)
-  pictures = lambda: images.blog_pictures(model, grid_inputs, prior_z,
-                                          figure_seed)
-
-  def save():
-    guard.check()
-    manager.save(checkpoint_number=step)
-
-  def stop(signum):
-    raise TrainingInterrupted(step, signum)
-
-  start_step = last_saved_step = step
-  progress = keras.utils.Progbar(max(total_steps - start_step, 1),
-                                 stateful_metrics=('epoch',) + _TRAIN_METRICS)
-  train_metrics, test_metrics = {}, {}
-  interval_start_time, interval_start_step = time.perf_counter(), step
-  with interrupts.stop_on_signals(strategy, manager.directory, save,
-                                  stop) as check_stop:
-    while step < total_steps:
-      epoch = step // steps_per_epoch
-      num_steps = steps_to_next_event(step, config, steps_per_epoch,
-                                      total_steps)
-      terms = train_steps(tf.constant(step, tf.int64),
-                          tf.constant(num_steps, tf.int64))
-      interval_sums.assign_add(terms)
-      epoch_sums.assign_add(terms)
-      step += num_steps
-      if step % config.log_every == 0 or step == total_steps:
-        guard.check()
-        since_log = step - (step - 1) // config.log_every * config.log_every
-        train_metrics = dict(zip(_TRAIN_METRICS,
-                                 (interval_sums / since_log).numpy()))
-        if step % config.log_every == 0:
-          # Not at a last step off the grid: if the run is resumed with more
-          # steps, the next log still averages its whole interval.
-          interval_sums.assign(tf.zeros_like(interval_sums))
-        elapsed = time.perf_counter() - interval_start_time
-        examples_per_second = ((step - interval_start_step) *
-                               config.batch_size / elapsed)
-        interval_start_time, interval_start_step = time.perf_counter(), step
-        _write_scalars(train_writer, step, {
-            **train_metrics,
-            'learning_rate': float(optimizer.learning_rate.numpy()),
-            'examples_per_second': examples_per_second,
-        })
-        progress.update(step - start_step,
-                        [('epoch', epoch + 1), *train_metrics.items()])
-      if step % config.image_every == 0 and chief:
-        images.write_image_summaries(train_writer, step, pictures())
-      if step % steps_per_epoch == 0:
-        guard.check()
-        epoch_metrics = dict(zip(
-            _TRAIN_METRICS, (epoch_sums / steps_per_epoch).numpy()))
-        epoch_sums.assign(tf.zeros_like(epoch_sums))
-        # Not collective: only the chief evaluates; the others wait at the
-        # next step's all-reduce.
-        test_metrics = (evaluate(eval_step, test_batches, config.seed)
-                        if chief else {})
-        _write_scalars(train_writer, step,
-                       {f'epoch/{k}': v for k, v in epoch_metrics.items()})
-        _write_scalars(test_writer, step, test_metrics)
-        logging.info('Epoch %d (step %d): train %s; test %s', epoch + 1,
-                     step, _format(epoch_metrics), _format(test_metrics))
-      check_stop()  # Saves and raises TrainingInterrupted on a signal.
-      if step % config.checkpoint_every == 0 or step % steps_per_epoch == 0:
-        save()
-        last_saved_step = step
-  if step != last_saved_step:
-    save()
-  distribute.remove_worker_dir(workdir, strategy)
-  if not chief:
-    return {'train': train_metrics, 'test': {}}
-  if not test_metrics:
-    test_metrics = evaluate(eval_step, test_batches, config.seed)
-    _write_scalars(test_writer, step, test_metrics)
-  final_pictures = pictures()
-  images.write_image_summaries(train_writer, step, final_pictures)
-  images.write_figures(workdir, final_pictures)
-  logging.info('Done at step %d: test %s', step, _format(test_metrics))
-  return {'train': train_metrics, 'test': test_metrics}
+  return _Trainer(config, workdir, model_fn).train()

@@ -41,8 +41,10 @@ _HELP = {
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A training workdir.',
                                required=True)
-flag_utils.define_dataclass_flags(evaluation.EvalConfig, _HELP,
-                                  {'precision': config_lib.PRECISIONS})
+flag_utils.define_dataclass_flags(evaluation.EvalConfig,
+                                  {'precision': config_lib.PRECISIONS},
+                                  help_texts=_HELP)
+flags.adopt_module_key_flags(flag_utils)  # --help lists them.
 
 
 def main(argv):

@@ -99,6 +99,7 @@ def read_events(directory: str):
     for event in tf.compat.v1.train.summary_iterator(path):
       for value in event.summary.value:
         tensor = tf.make_ndarray(value.tensor)
-        scalar = float(tensor) if tensor.ndim == 0 else None
+        scalar = (float(tensor) if tensor.ndim == 0 and
+                  np.issubdtype(tensor.dtype, np.number) else None)
         rows.append((value.tag, event.step, scalar))
   return rows

@@ -233,18 +233,15 @@ def test_bad_input_fails_with_one_line_message(data_dir, tmp_path, flags,
 
 
 def test_steps_to_next_event_stops_at_every_boundary():
-  config = train.Config(steps_per_call=10, log_every=7, image_every=100,
-                        checkpoint_every=5)
   ends, step = [], 0
   while step < 30:
-    step += train.steps_to_next_event(step, config, steps_per_epoch=12,
-                                      total_steps=30)
+    step += train.steps_to_next_event(step, [7, 100, 5, 12], total_steps=30,
+                                      steps_per_call=10, also_at=[3, 23])
     ends.append(step)
-  # Multiples of 5 (checkpoints), 7 (logs), 12 (epochs), and the end.
-  assert ends == [5, 7, 10, 12, 14, 15, 20, 21, 24, 25, 28, 30]
-  config = train.Config(steps_per_call=3, log_every=100, image_every=100,
-                        checkpoint_every=100)
-  assert train.steps_to_next_event(0, config, 1000, 2000) == 3
+  # Multiples of 5 (checkpoints), 7 (logs), 12 (epochs), the steps asked
+  # for (3, 23), and the end.
+  assert ends == [3, 5, 7, 10, 12, 14, 15, 20, 21, 23, 24, 25, 28, 30]
+  assert train.steps_to_next_event(0, [100, 1000], 2000, 3) == 3
 
 
 def test_resuming_off_the_log_grid_with_several_steps_per_call(data_dir,
