@@ -488,8 +488,7 @@ def main(argv):
   if _SMOKE_FLAG.value:
     settings.update(_SMOKE)
   if _DATA_DIR.value and not os.path.isdir(_DATA_DIR.value):
-    raise app.UsageError(f'--data_dir {_DATA_DIR.value!r} is not a '
-                         'directory.')
+    sys.exit(f'Error: --data_dir {_DATA_DIR.value!r} is not a directory.')
   names = [n for n in CANDIDATES if n in _CANDIDATES.value]
   try:
     results = run_benchmark(

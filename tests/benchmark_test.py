@@ -6,6 +6,7 @@ our float32 and bfloat16 steps and the blog's `fit` (the XLA candidate only
 adds a compilation; its HLO FLOP count is tested on a small function here).
 """
 
+import gzip
 import json
 import math
 import os
@@ -193,8 +194,51 @@ def test_smoke_run_writes_valid_json(tmp_path):
           1.15 * counted['training_flops_per_step'])
 
 
+def test_help_lists_the_binarys_flags():
+  # absl prints the main module's flags, then exits with 1.
+  result = conftest.run_binary('--help', binary='benchmark')
+  assert 'experiments/benchmark.py:' in result.stdout, result.stderr[-3000:]
+  for flag in ('--candidates', '--data_dir', '--smoke', '--steps_per_call',
+               '--profile', '--output'):
+    assert flag in result.stdout, flag
+
+
 def test_unknown_candidate_is_a_one_line_error(tmp_path):
   result = conftest.run_binary('--candidates=ours,nope',
                                f'--workdir={tmp_path}', binary='benchmark')
   assert result.returncode != 0
   assert '--candidates must be' in result.stderr
+
+
+def _no_directory(data_dir) -> str:
+  return 'is not a directory'
+
+
+def _no_mnist_file(data_dir) -> str:
+  data_dir.mkdir()
+  return 'file not found'
+
+
+def _truncated_mnist_file(data_dir) -> str:
+  data_dir.mkdir()
+  with gzip.open(data_dir / 'train-images-idx3-ubyte.gz', 'wb') as f:
+    f.write(b'\x00\x00\x08')  # Shorter than the 16-byte header.
+  return 'truncated'
+
+
+@pytest.mark.parametrize(
+    'make_data_dir', [_no_directory, _no_mnist_file, _truncated_mnist_file])
+def test_bad_data_dir_is_a_one_line_error(tmp_path, make_data_dir):
+  data_dir = tmp_path / 'data'
+  expected = make_data_dir(data_dir)
+  result = conftest.run_binary(
+      '--smoke', '--candidates=ours', f'--data_dir={data_dir}',
+      f'--workdir={tmp_path / "work"}', binary='benchmark')
+  assert result.returncode != 0
+  errors = [line for line in result.stderr.splitlines()
+            if line.startswith('Error: ')]
+  assert len(errors) == 1, result.stderr[-3000:]
+  assert str(data_dir) in errors[0] and expected in errors[0], errors[0]
+  assert 'Traceback' not in result.stderr
+  assert 'flags:' not in result.stdout + result.stderr  # No usage text.
+  assert not os.path.exists(tmp_path / 'work' / 'benchmark.json')
