@@ -1,4 +1,4 @@
-r"""Times the training step of the blog's VAE, four ways, side by side.
+r"""Times the training step of the blog's VAE, five ways, side by side.
 
   python experiments/benchmark.py --workdir=/tmp/elbo/benchmark
 
@@ -27,7 +27,7 @@ seconds of each other). On a shared or loaded machine the absolute rates
 move with the load; the ratios are the numbers to compare.
 
 Training FLOPs are counted once, by formula over the model's layers (see
-`count_training_flops`), and cross-checked against TensorFlow's graph
+`elbo.flops`), and cross-checked against TensorFlow's graph
 profiler and, when `ours_xla` runs, against the convolutions and dots in
 XLA's optimized HLO (which counts the work XLA actually schedules,
 including multiplications by the zeros of dilated convolutions).
@@ -41,8 +41,6 @@ stdout. `--smoke` runs 1 warm-up step, 2 steps, 1 repeat and a small matmul:
 a check that everything runs, not a measurement.
 """
 
-import collections
-import glob
 import json
 import os
 import platform
@@ -58,10 +56,15 @@ from absl import logging
 import keras
 import numpy as np
 import tensorflow as tf
+import tensorflow_probability as tfp
+import tf_keras
 
+from elbo import blog_tf_keras
 from elbo import config as config_lib
 from elbo import data
+from elbo import flops as flops_lib
 from elbo import models
+from elbo import profiling
 from elbo import train
 
 CANDIDATES = {
@@ -141,143 +144,6 @@ flags.register_validator(
     message='--profile must be one of: ' + ', '.join(CANDIDATES) + '.')
 
 
-# ---------------------------------------------------------------- FLOPs ----
-
-
-def count_training_flops(model: models.VAE, batch_size: int) -> Dict:
-  """FLOPs of one training step, by formula over the conv and dense layers.
-
-  Per image, forward: a Conv2D costs 2*K*K*Cin*Cout*Hout*Wout (a
-  multiply-add is 2 FLOPs, taps on the 'same' padding included); a
-  Conv2DTranspose, the gradient of a convolution, 2*K*K*Cin*Cout*Hin*Win; a
-  Dense layer 2*in*out. The backward pass costs the forward twice over: the
-  gradient with respect to the weights, and with respect to the layer's
-  input (skipped for the first encoder layer, whose input is the data).
-  Biases, activations, the distributions and the optimizer update (all
-  elementwise, about 0.1%) are left out.
-  """
-  forward = 0
-  first_layer_forward = None
-  layers = []
-  for network in (model.encoder, model.decoder):
-    for layer in network.layers:
-      if isinstance(layer, keras.layers.Conv2DTranspose):
-        _, height, width, _ = layer.input.shape
-        flops = 2 * int(np.prod(layer.kernel.shape)) * height * width
-      elif isinstance(layer, keras.layers.Conv2D):
-        _, height, width, _ = layer.output.shape
-        flops = 2 * int(np.prod(layer.kernel.shape)) * height * width
-      elif isinstance(layer, keras.layers.Dense):
-        flops = 2 * int(np.prod(layer.kernel.shape))
-      else:
-        continue
-      layers.append({'layer': f'{network.name}/{layer.name}',
-                     'forward_flops_per_image': int(flops)})
-      if first_layer_forward is None:
-        first_layer_forward = flops
-      forward += flops
-  per_image = 3 * forward - first_layer_forward
-  return {
-      'method': 'formula',
-      'forward_flops_per_image': int(forward),
-      'training_flops_per_image': int(per_image),
-      'training_flops_per_step': int(per_image * batch_size),
-      'layers': layers,
-  }
-
-
-def _function_graphs(graph) -> List:
-  """`graph` and the graphs of the functions it calls, recursively."""
-  graphs, pending, seen = [], [graph], set()
-  while pending:
-    current = pending.pop()
-    if id(current) in seen:
-      continue
-    seen.add(id(current))
-    graphs.append(current)
-    for function in getattr(current, '_functions', {}).values():
-      if getattr(function, 'graph', None) is not None:
-        pending.append(function.graph)
-  return graphs
-
-
-def graph_profiler_flops(step_fn, batch: tf.Tensor) -> int:
-  """TensorFlow's graph profiler's FLOP count of the traced train step (no
-  XLA), summed over the step's graph and the functions it calls (each
-  counted once). It counts every op in the graphs, including ones pruned at
-  run time, and prices a Conv2DBackprop* by output size times the whole
-  kernel."""
-  from tensorflow.python.profiler import model_analyzer  # pylint: disable=g-import-not-at-top
-  from tensorflow.python.profiler import option_builder  # pylint: disable=g-import-not-at-top
-  graph = step_fn.get_concrete_function(
-      batch, tf.constant(0, tf.int64)).graph
-  options = option_builder.ProfileOptionBuilder.float_operation()
-  options['output'] = 'none'
-  return sum(int(model_analyzer.profile(g, options=options).total_float_ops)
-             for g in _function_graphs(graph))
-
-
-def xla_hlo_text(step_fn, batch: tf.Tensor) -> str:
-  """The optimized HLO of the whole train step compiled by XLA (whether the
-  step compiles itself whole, or only a function it calls)."""
-  whole_step = tf.function(step_fn.python_function, jit_compile=True)
-  return whole_step.experimental_get_compiler_ir(
-      batch, tf.constant(0, tf.int64))(stage='optimized_hlo')
-
-
-_HLO_INSTRUCTION = re.compile(
-    r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*\w+\[([\d,]*)\]\S*\s+(\w[\w-]*)\((.*)$')
-
-
-def hlo_flops(hlo_text: str) -> Dict[str, int]:
-  """FLOPs of the convolutions and dots in an HLO module's text, as XLA
-  schedules them: 2 * output elements * window taps * input features (per
-  feature group) for a convolution, 2 * output elements * contracted size
-  for a dot. Taps that fall on padding or on the zeros of a dilated input
-  count: the convolution kernel multiplies them all. Also counts the
-  instructions, and the library calls (oneDNN / XNNPACK / YNNPACK fusions,
-  custom calls) that XLA chose."""
-  shapes, convolution, dot = {}, 0, 0
-  counts = collections.Counter()
-  instructions = []
-  for line in hlo_text.splitlines():
-    match = _HLO_INSTRUCTION.match(line)
-    if not match:
-      continue
-    name, dims, opcode, rest = match.groups()
-    shape = [int(d) for d in dims.split(',') if d]
-    shapes[name] = shape
-    instructions.append((opcode, shape, rest))
-  for opcode, shape, rest in instructions:
-    operands = re.findall(r'%?([\w.\-]+)', rest.split(')')[0])
-    if opcode in ('convolution', 'dot'):
-      counts[opcode + 's'] += 1
-    if opcode == 'convolution':
-      window = re.search(r'size=([\dx]+)', rest)
-      labels = re.search(r'dim_labels=(\w+)_', rest)
-      groups = re.search(r'feature_group_count=(\d+)', rest)
-      lhs = shapes.get(operands[0]) if operands else None
-      if not (window and labels and lhs):
-        continue
-      taps = int(np.prod([int(s) for s in window.group(1).split('x')]))
-      features = lhs[labels.group(1).index('f')]
-      features //= int(groups.group(1)) if groups else 1
-      convolution += 2 * int(np.prod(shape)) * taps * features
-    elif opcode == 'dot':
-      contracting = re.search(r'lhs_contracting_dims=\{([\d,]*)\}', rest)
-      lhs = shapes.get(operands[0]) if operands else None
-      if not (contracting and lhs):
-        continue
-      size = int(np.prod([lhs[int(d)] for d in contracting.group(1).split(',')
-                          if d]))
-      dot += 2 * int(np.prod(shape)) * size
-  library_calls = collections.Counter(
-      re.findall(r'"kind":"(__\w+)"', hlo_text) +
-      re.findall(r'custom_call_target="([^"]+)"', hlo_text))
-  return {'convolution': convolution, 'dot': dot, 'total': convolution + dot,
-          **counts, 'library_calls': dict(library_calls)}
-
-
 # ----------------------------------------------------------- candidates ----
 
 
@@ -355,68 +221,10 @@ def make_ours(name: str, images: np.ndarray, batch_size: int, seed: int,
   return Candidate(name, run, step_fn, model)
 
 
-def build_blog_vae(tf_keras):
-  """The blog's VAE, as written in its notebook (tf_keras + tfp.layers)."""
-  import tensorflow_probability as tfp  # pylint: disable=g-import-not-at-top
-  tfd, tfpl = tfp.distributions, tfp.layers
-  tfk, tfkl = tf_keras, tf_keras.layers
-  encoded_size, base_depth = models.LATENT_DIM, 32
-  input_shape = models.IMAGE_SHAPE
-  prior = tfd.Independent(tfd.Normal(loc=tf.zeros(encoded_size), scale=1),
-                          reinterpreted_batch_ndims=1)
-  act = tf.nn.leaky_relu
-  encoder = tfk.Sequential([
-      tfkl.InputLayer(input_shape=input_shape),
-      tfkl.Lambda(lambda x: tf.cast(x, tf.float32) - 0.5),
-      tfkl.Conv2D(base_depth, 5, strides=1, padding='same', activation=act),
-      tfkl.Conv2D(base_depth, 5, strides=2, padding='same', activation=act),
-      tfkl.Conv2D(2 * base_depth, 5, strides=1, padding='same',
-                  activation=act),
-      tfkl.Conv2D(2 * base_depth, 5, strides=2, padding='same',
-                  activation=act),
-      tfkl.Conv2D(4 * encoded_size, 7, strides=1, padding='valid',
-                  activation=act),
-      tfkl.Flatten(),
-      tfkl.Dense(tfpl.MultivariateNormalTriL.params_size(encoded_size),
-                 activation=None),
-      tfpl.MultivariateNormalTriL(
-          encoded_size,
-          activity_regularizer=tfpl.KLDivergenceRegularizer(prior)),
-  ])
-  decoder = tfk.Sequential([
-      tfkl.InputLayer(input_shape=[encoded_size]),
-      tfkl.Reshape([1, 1, encoded_size]),
-      tfkl.Conv2DTranspose(2 * base_depth, 7, strides=1, padding='valid',
-                           activation=act),
-      tfkl.Conv2DTranspose(2 * base_depth, 5, strides=1, padding='same',
-                           activation=act),
-      tfkl.Conv2DTranspose(2 * base_depth, 5, strides=2, padding='same',
-                           activation=act),
-      tfkl.Conv2DTranspose(base_depth, 5, strides=1, padding='same',
-                           activation=act),
-      tfkl.Conv2DTranspose(base_depth, 5, strides=2, padding='same',
-                           activation=act),
-      tfkl.Conv2DTranspose(base_depth, 5, strides=1, padding='same',
-                           activation=act),
-      tfkl.Conv2D(filters=1, kernel_size=5, strides=1, padding='same',
-                  activation=None),
-      tfkl.Flatten(),
-      tfpl.IndependentBernoulli(input_shape, tfd.Bernoulli.logits),
-  ])
-  vae = tfk.Model(inputs=encoder.inputs,
-                  outputs=decoder(encoder.outputs[0]))
-  negloglik = lambda x, rv_x: -rv_x.log_prob(x)
-  vae.compile(optimizer=tfk.optimizers.Adam(learning_rate=1e-3),
-              loss=negloglik)
-  return vae
-
-
 def make_blog_fit(batches: tf.Tensor, seed: int) -> Candidate:
-  """`model.fit` of the blog's model. tf_keras is imported here, and nothing
-  global is set, so Keras 3 in the same process is unaffected."""
-  import tf_keras  # pylint: disable=g-import-not-at-top
+  """`model.fit` of the blog's model, timed per step by a callback."""
   tf.random.set_seed(seed)
-  vae = build_blog_vae(tf_keras)
+  vae = blog_tf_keras.build_vae()
   dataset = _dataset(batches).map(lambda x: (x, x))
 
   class StepTimes(tf_keras.callbacks.Callback):
@@ -458,45 +266,6 @@ def make_matmul(name: str, size: int, seed: int) -> Candidate:
 # -------------------------------------------------------------- profile ----
 
 
-def _summarize_trace(logdir: str, steps: int, top: int = 12) -> Dict:
-  """Op-level totals from the newest .xplane.pb under `logdir`: time per op
-  type (TF ops: the type after ':'; XLA: the HLO instruction name without
-  its '.N' suffix) summed over the threads that execute ops."""
-  from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
-  paths = sorted(glob.glob(os.path.join(logdir, '**', '*.xplane.pb'),
-                           recursive=True), key=os.path.getmtime)
-  space = xplane_pb2.XSpace()
-  with open(paths[-1], 'rb') as f:
-    space.ParseFromString(f.read())
-  by_type, by_op = collections.Counter(), collections.Counter()
-  for plane in space.planes:
-    if not plane.name.startswith('/host:CPU'):
-      continue
-    for line in plane.lines:
-      # Ops run on TF's inter-op threads (tf_Compute) or, under XLA, on its
-      # Eigen threads; the main thread holds only the Python-side calls.
-      if not (line.name.startswith('tf_Compute') or 'Eigen' in line.name):
-        continue
-      for event in line.events:
-        name = plane.event_metadata[event.metadata_id].name
-        if '::' in name:  # Executor / thunk containers around the ops.
-          continue
-        milliseconds = event.duration_ps / 1e9 / steps
-        kind = (name.rsplit(':', 1)[1] if ':' in name
-                else re.sub(r'\.\d+$', '', name))
-        by_type[kind] += milliseconds
-        by_op[name] += milliseconds
-  total = sum(by_type.values())
-  return {
-      'logdir': logdir,
-      'op_ms_per_step': total,
-      'top_op_types': [{'op': k, 'ms_per_step': v, 'share': v / total}
-                       for k, v in by_type.most_common(top)],
-      'top_ops': [{'op': k, 'ms_per_step': v, 'share': v / total}
-                  for k, v in by_op.most_common(top)],
-  }
-
-
 def profile(candidate: Candidate, logdir: str, steps: int) -> Dict:
   tf.io.gfile.makedirs(logdir)
   tf.profiler.experimental.start(logdir)
@@ -504,7 +273,7 @@ def profile(candidate: Candidate, logdir: str, steps: int) -> Dict:
     seconds = candidate.run(steps)
   finally:
     tf.profiler.experimental.stop()
-  summary = _summarize_trace(logdir, steps)
+  summary = profiling.summarize_trace(logdir, steps)
   summary.update(candidate=candidate.name, steps=steps,
                  wall_ms_per_step=1e3 * seconds / steps)
   return summary
@@ -521,7 +290,6 @@ def _machine() -> Dict:
     cpu = names[0] if names else cpu
   except OSError:
     pass
-  import tensorflow_probability as tfp  # pylint: disable=g-import-not-at-top
   return {
       'cpu': cpu,
       'cpu_count': os.cpu_count(),
@@ -575,15 +343,15 @@ def run_benchmark(names: List[str], batch_size: int, data_dir: Optional[str],
                           if isinstance(c.model, models.VAE)), None)
   if reference_model is None:
     reference_model = config_lib.build_model(config_lib.Config())
-  flops = count_training_flops(reference_model, batch_size)
+  flops = flops_lib.count_training_flops(reference_model, batch_size)
   flops_per_step = flops['training_flops_per_step']
   example = batches[0]
   if 'ours' in timed:
-    flops['graph_profiler_flops_per_step'] = graph_profiler_flops(
+    flops['graph_profiler_flops_per_step'] = flops_lib.graph_profiler_flops(
         timed['ours'].step_fn, example)
   if 'ours_xla' in timed:
-    flops['xla_hlo_flops_per_step'] = hlo_flops(
-        xla_hlo_text(timed['ours_xla'].step_fn, example))
+    flops['xla_hlo_flops_per_step'] = flops_lib.hlo_flops(
+        flops_lib.xla_hlo_text(timed['ours_xla'].step_fn, example))
   logging.info('FLOPs counted.')
 
   references = {}
@@ -720,8 +488,7 @@ def main(argv):
   if _SMOKE_FLAG.value:
     settings.update(_SMOKE)
   if _DATA_DIR.value and not os.path.isdir(_DATA_DIR.value):
-    raise app.UsageError(f'--data_dir {_DATA_DIR.value!r} is not a '
-                         'directory.')
+    sys.exit(f'Error: --data_dir {_DATA_DIR.value!r} is not a directory.')
   names = [n for n in CANDIDATES if n in _CANDIDATES.value]
   try:
     results = run_benchmark(
