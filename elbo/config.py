@@ -157,8 +157,8 @@ class Config:
       500, 'Examples per test-set evaluation batch; >= 1.')
   divergence_threshold: float = _field(
       10.0, 'A step whose objective is this many robust standard '
-      'deviations below, or whose log gradient norm this many above, the '
-      'median of the last divergence_window steps is a divergence: restore '
+      'deviations below, and whose log gradient norm this many above, the '
+      'medians of the last divergence_window steps is a divergence: restore '
       'a checkpoint and apply the remedy (README, Interruptions); 0: off.')
   divergence_window: int = _field(
       200, 'Recent steps the divergence statistics cover; detection starts '
@@ -265,10 +265,12 @@ def learning_rate(config: Config,
         config.learning_rate, decay_steps=total_steps)
   if config.lr_schedule == 'iwae_stages':
     lengths = [3 ** i for i in range(_IWAE_STAGES)]
-    ends = [sum(lengths[:i + 1]) * total_steps // sum(lengths)
-            for i in range(_IWAE_STAGES - 1)]
+    # Stage i covers steps [start_i, start_{i+1}); the schedule's
+    # boundaries are inclusive, hence the last step of each stage.
+    last_steps = [sum(lengths[:i + 1]) * total_steps // sum(lengths) - 1
+                  for i in range(_IWAE_STAGES - 1)]
     return keras.optimizers.schedules.PiecewiseConstantDecay(
-        ends, [config.learning_rate * 10 ** (-i / 7)
+        last_steps, [config.learning_rate * 10 ** (-i / 7)
                for i in range(_IWAE_STAGES)])
   return config.learning_rate
 

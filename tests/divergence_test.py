@@ -1,0 +1,140 @@
+"""A run that diverges with every value finite recovers by itself.
+
+The divergence is injected as a corrupted batch (pixels 1e4 instead of 0/1)
+at a known data step: the objective falls by orders of magnitude and the
+gradient norm jumps, as in the README's long run. The remedy skips the data
+past it, so one recovery carries the run through; corrupting every batch
+from that step on exhausts the recoveries.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from elbo import data
+from elbo import divergence
+from elbo import train
+import conftest
+
+_BAD_DATA_STEP = 30  # 0-based: the 31st batch of an undisturbed run.
+
+
+def _config(data_dir, **overrides):
+  settings = dict(model='iwae_mlp', data_dir=data_dir, batch_size=32,
+                  max_steps=60, log_every=5, checkpoint_every=5,
+                  image_every=1000, steps_per_call=5, divergence_window=20,
+                  divergence_rewind=5, divergence_skip=3,
+                  divergence_cooldown=10, eval_batch_size=1000)
+  settings.update(overrides)
+  return train.Config(**settings)
+
+
+def _corrupt(monkeypatch, from_step, to_step):
+  clean_batch = data.training_batch
+
+  def corrupted(images, batch_size, seed, step):
+    bad = tf.logical_and(step >= from_step, step <= to_step)
+    return clean_batch(images, batch_size, seed, step) * tf.where(
+        bad, 1e4, 1.)
+
+  monkeypatch.setattr(data, 'training_batch', corrupted)
+
+
+def _weights_finite(workdir) -> bool:
+  reader = tf.train.load_checkpoint(os.path.join(workdir, 'checkpoints'))
+  values = [np.asarray(reader.get_tensor(name))
+            for name in reader.get_variable_to_shape_map()]
+  return all(np.all(np.isfinite(v)) for v in values if v.dtype.kind == 'f')
+
+
+def test_a_corrupted_batch_is_detected_and_skipped(data_dir, tmp_path,
+                                                   monkeypatch):
+  clean = train.train_and_evaluate(_config(data_dir), str(tmp_path / 'clean'))
+  _corrupt(monkeypatch, _BAD_DATA_STEP, _BAD_DATA_STEP)
+  workdir = str(tmp_path / 'run')
+  result = train.train_and_evaluate(_config(data_dir), workdir)
+
+  recoveries = divergence.read_recoveries(workdir)
+  assert len(recoveries) == 1, recoveries
+  recovery = recoveries[0]
+  print('recovery:', recovery, 'test ELBO', result['test']['elbo'],
+        'undisturbed', clean['test']['elbo'])
+  assert recovery.bad_step == _BAD_DATA_STEP + 1  # 1-based, as logged.
+  assert recovery.restored_step <= _BAD_DATA_STEP - 5  # >= rewind before.
+  assert recovery.restored_step % 5 == 0  # A checkpoint.
+  # From the restored step on, the data are past the bad batch.
+  assert (recovery.restored_step + recovery.data_skip >
+          _BAD_DATA_STEP + 3)
+  assert recovery.lr_factor == 0.5 and recovery.cooldown == 10
+  assert tf.train.latest_checkpoint(
+      os.path.join(workdir, 'checkpoints')).endswith('ckpt-60')
+  assert _weights_finite(workdir)
+  # Close to the undisturbed run (which is at about -210 after 60 steps).
+  assert abs(result['test']['elbo'] - clean['test']['elbo']) < 0.05 * abs(
+      clean['test']['elbo'])
+  events = conftest.read_events(os.path.join(workdir, 'train'))
+  logged = {tag: value for tag, step, value in events
+            if tag.startswith('divergence/')}
+  assert logged == {'divergence/bad_step': _BAD_DATA_STEP + 1,
+                    'divergence/restored_step': recovery.restored_step,
+                    'divergence/recoveries': 1}
+  norms = [value for tag, _, value in events if tag == 'gradient_norm']
+  assert norms and all(np.isfinite(norms))
+
+
+def test_a_run_that_keeps_diverging_stops_with_its_checkpoint_kept(
+    data_dir, tmp_path, monkeypatch):
+  _corrupt(monkeypatch, _BAD_DATA_STEP, 10**9)
+  workdir = str(tmp_path / 'run')
+  with pytest.raises(train.DivergenceError,
+                     match=r'^Training diverged at step \d+ \(objective .*'
+                     r'after 2 recoveries; stopped, ckpt-\d+ kept\.') as error:
+    train.train_and_evaluate(_config(data_dir, divergence_max_recoveries=2),
+                             workdir)
+  assert '\n' not in str(error.value)
+  assert len(divergence.read_recoveries(workdir)) == 2
+  latest = tf.train.latest_checkpoint(os.path.join(workdir, 'checkpoints'))
+  assert int(latest.rsplit('-', 1)[1]) <= _BAD_DATA_STEP
+  assert _weights_finite(workdir)
+
+
+def test_resuming_after_a_recovery_keeps_its_remedy(data_dir, tmp_path,
+                                                    monkeypatch):
+  """Stopped mid-cool-down and resumed: the same weights as a run that
+  went through at once (the data offset and learning-rate factor come back
+  from divergences.jsonl)."""
+  _corrupt(monkeypatch, _BAD_DATA_STEP, _BAD_DATA_STEP)
+  whole, split = str(tmp_path / 'whole'), str(tmp_path / 'split')
+  train.train_and_evaluate(_config(data_dir), whole)
+  recovery, = divergence.read_recoveries(whole)
+  mid_cooldown = recovery.restored_step + 5
+  train.train_and_evaluate(_config(data_dir, max_steps=mid_cooldown), split)
+  train.train_and_evaluate(_config(data_dir), split)
+  assert divergence.read_recoveries(split) == [recovery]
+  readers = [tf.train.load_checkpoint(os.path.join(w, 'checkpoints'))
+             for w in (whole, split)]
+  for name in readers[0].get_variable_to_shape_map():
+    if name.startswith('model/'):
+      np.testing.assert_array_equal(readers[1].get_tensor(name),
+                                    readers[0].get_tensor(name), err_msg=name)
+
+
+def test_the_guard_ignores_ordinary_noise_and_flags_a_spike():
+  guard = divergence.DivergenceGuard(window=50, threshold=10.)
+  rng = np.random.default_rng(0)
+  for step in range(200):
+    objective = -90. + rng.normal(0., 2.)
+    norm = 150. * np.exp(rng.normal(0., 0.3))
+    if step == 120:
+      norm = 150. * 50  # A norm spike alone is no divergence.
+    if step == 150:
+      objective, norm = -300., 150. * 50  # Both far out.
+    guard.observe(tf.constant(step, tf.int64), tf.constant(objective,
+                                                           tf.float32),
+                  tf.constant(norm, tf.float32))
+  assert guard.bad_step() == 150
+  guard.reset()
+  assert guard.bad_step() is None
