@@ -10,7 +10,9 @@ refused. The file itself stays (deleting it could let two runs lock two
 different files of one name).
 
 Network filesystems. On NFS, Linux passes `flock` to the server as a lock
-on the whole file, so runs on different machines exclude each other too.
+on the whole file, so runs on different machines exclude each other too
+(unless mounted with `local_lock=flock` or `all`: then only runs on the same
+machine do).
 When the holder's machine is lost rather than its process, no kernel is
 left to release the lock: the server does when the client's lease expires
 (NFSv4: about 90 s), or, under NFSv3's lock manager, only when that machine
