@@ -157,8 +157,8 @@ def save(manager: tf.train.CheckpointManager, step: int) -> str:
 
   On failure the files this save wrote are removed (those of a checkpoint
   of the same step saved before are left for `restore_latest` to judge),
-  and the state file still names the previous checkpoint. The manager's own record of its checkpoints may then be
-  wrong: end the run.
+  and the state file still names the previous checkpoint. The manager's
+  own record of its checkpoints may then be wrong: end the run.
 
   Returns:
     The saved checkpoint's path.
