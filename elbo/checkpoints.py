@@ -3,20 +3,47 @@
 `tf.train.Checkpoint` writes the data files first and then atomically
 replaces the small `checkpoint` state file that names the latest one, so a
 process killed mid-save leaves the previous checkpoint as the latest: a
-restart never sees a half-written checkpoint.
+restart never sees a half-written checkpoint. Files can still go bad after
+the save (a full disk or an interrupted copy cuts them short), and a save can
+fail (disk full, no permission):
+
+- `restore_latest` resumes from the newest checkpoint that reads, with a
+  warning naming the ones that do not; it never starts silently from step 0
+  while checkpoints exist (`CheckpointReadError` when none reads). A
+  checkpoint that reads but holds another architecture stops it
+  (`CheckpointMismatchError`) without trying older ones: they come from the
+  same flags, and skipping a good checkpoint would throw its steps away.
+- `save` ends in `CheckpointSaveError` and removes what the failed save
+  wrote, so the previous checkpoint stays the latest.
 """
 
 import os
-from typing import Optional
+import re
+from typing import List, Optional
 
 from absl import logging
 import tensorflow as tf
 
-__all__ = ['CheckpointMismatchError', 'make_manager', 'restore_latest']
+__all__ = ['CheckpointError', 'CheckpointMismatchError', 'CheckpointReadError',
+           'CheckpointSaveError', 'make_manager', 'restore_latest', 'save']
+
+_NAME = 'ckpt'  # Checkpoints are `<directory>/ckpt-<step>.{index,data-*}`.
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointError(Exception):
+  """A checkpoint cannot be restored or saved; the message is one line."""
+
+
+class CheckpointMismatchError(CheckpointError, ValueError):
   """The checkpoint in a workdir was written by a different model."""
+
+
+class CheckpointReadError(CheckpointError):
+  """Checkpoints exist, but none of them can be read."""
+
+
+class CheckpointSaveError(CheckpointError):
+  """A checkpoint could not be written; the previous one is the latest."""
 
 
 def make_manager(workdir: str, max_to_keep: int,
@@ -24,34 +51,152 @@ def make_manager(workdir: str, max_to_keep: int,
   """A manager for `workdir/checkpoints` saving the given objects."""
   return tf.train.CheckpointManager(
       tf.train.Checkpoint(**trackables), os.path.join(workdir, 'checkpoints'),
-      max_to_keep=max_to_keep)
+      max_to_keep=max_to_keep, checkpoint_name=_NAME)
+
+
+def _detail(error: BaseException, limit: int = 300) -> str:
+  """The error's message on one line, without TF's op decorations."""
+  text = re.sub(r'\{\{function_node [^}]*\}\}|\[Op:\w+\]', '', str(error))
+  return ' '.join(text.split())[:limit]
+
+
+def _step(path: str) -> int:
+  return int(path.rsplit('-', 1)[1])
+
+
+def _candidates(directory: str) -> List[str]:
+  """Checkpoint paths in `directory`, the one to restore first first.
+
+  Those the state file lists, newest first; then any others on disk (say
+  the state file was lost or cut short, which TF takes for "no
+  checkpoint"), highest step first.
+  """
+  state = tf.train.get_checkpoint_state(directory)
+  listed = ([state.model_checkpoint_path] +
+            list(reversed(state.all_model_checkpoint_paths)) if state else [])
+  on_disk = sorted(
+      (path[:-len('.index')] for path in
+       tf.io.gfile.glob(os.path.join(directory, f'{_NAME}-*.index'))
+       if re.fullmatch(rf'{_NAME}-\d+\.index', os.path.basename(path))),
+      key=_step, reverse=True)
+  candidates, names = [], set()
+  for path in listed + on_disk:
+    if os.path.basename(path) not in names:
+      names.add(os.path.basename(path))
+      candidates.append(path)
+  return candidates
+
+
+def _read_error(path: str) -> Optional[str]:
+  """None if every tensor of checkpoint `path` reads (sizes and checksums
+  check out), else what failed, naming the file (in the same directory)."""
+  try:
+    reader = tf.train.load_checkpoint(path)
+  except (tf.errors.OpError, IndexError, ValueError) as e:
+    return f'{os.path.basename(path)}.index: {_detail(e, 200)}'
+  try:
+    for name in reader.get_variable_to_dtype_map():
+      reader.get_tensor(name)
+  except (tf.errors.OpError, IndexError, ValueError) as e:
+    data_files = sorted(tf.io.gfile.glob(path + '.data-*'))
+    names = ', '.join(map(os.path.basename, data_files))
+    return f'{names or os.path.basename(path)}: {_detail(e, 200)}'
+  return None
 
 
 def restore_latest(manager: tf.train.CheckpointManager,
                    directory: Optional[str] = None) -> Optional[str]:
-  """Restores the latest checkpoint, if any, into the manager's objects.
+  """Restores the newest readable checkpoint into the manager's objects.
 
-  Every saved value must find its object and every object its value.
-  `directory` restores from another directory than the manager's own (a
-  non-chief worker resumes from the chief's checkpoints).
+  Every saved value must find its object and every object its value, so
+  the restore that succeeds overwrites all of them, including any that an
+  unreadable checkpoint tried before may have set. Checkpoints that cannot
+  be read are skipped with a warning and left where they are.
+
+  Args:
+    manager: from `make_manager`; its objects receive the values.
+    directory: restore from this directory instead of the manager's own (a
+      non-chief worker resumes from the chief's checkpoints).
 
   Returns:
     The restored checkpoint's path, or None when there is none.
 
   Raises:
-    CheckpointMismatchError: the checkpoint holds another architecture.
+    CheckpointMismatchError: a readable checkpoint holds another
+      architecture (older ones are not tried).
+    CheckpointReadError: there are checkpoints, but none can be read.
   """
-  path = (tf.train.latest_checkpoint(directory) if directory
-          else manager.latest_checkpoint)
-  if path is None:
-    return None
+  directory = directory or manager.directory
+  unreadable = []
+  for path in _candidates(directory):
+    try:
+      manager.checkpoint.restore(path).assert_consumed()
+    except (AssertionError, IndexError, ValueError, tf.errors.OpError) as e:
+      problem = _read_error(path)
+      if problem is None:
+        raise CheckpointMismatchError(
+            f'{path}: does not match this model ({_detail(e)}). Was it '
+            'written with other flags? Resume with the flags in config.json '
+            'beside it, or use a new --workdir.') from e
+      unreadable.append(problem)
+      continue
+    if unreadable:
+      logging.warning('Skipped unreadable checkpoints in %s (%s); resuming '
+                      'from %s.', directory, '; '.join(unreadable), path)
+    logging.info('Restored %s.', path)
+    return path
+  if unreadable:
+    raise CheckpointReadError(
+        f'No checkpoint in {directory} can be read: {"; ".join(unreadable)}. '
+        'Restore them from a copy, or move them away to start from step 0.')
+  return None
+
+
+def save(manager: tf.train.CheckpointManager, step: int) -> str:
+  """Saves checkpoint `step` with `manager`, or leaves the previous one.
+
+  On failure the files this save wrote are removed (those of a checkpoint
+  of the same step saved before are left for `restore_latest` to judge),
+  and the state file still names the previous checkpoint. The manager's
+  own record of its checkpoints may then be wrong: end the run.
+
+  Returns:
+    The saved checkpoint's path.
+
+  Raises:
+    CheckpointSaveError: the checkpoint could not be written (full disk,
+      no permission, ...).
+  """
+  prefix = os.path.join(manager.directory, f'{_NAME}-{step}')
+  name = os.path.basename(prefix)
+  existed = name in map(os.path.basename, manager.checkpoints)
+  previous = tf.train.latest_checkpoint(manager.directory)
+  state_temps = os.path.join(manager.directory, 'checkpoint.tmp*')
+  temps_before = set(tf.io.gfile.glob(state_temps))
   try:
-    manager.checkpoint.restore(path).assert_consumed()
-  except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as e:
-    detail = ' '.join(str(e).split())[:300]
-    raise CheckpointMismatchError(
-        f'{path}: does not match this model ({detail}). Was it written with '
-        'other flags? Resume with the flags in config.json beside it, or use '
-        'a new --workdir.') from e
-  logging.info('Restored %s.', path)
-  return path
+    return manager.save(checkpoint_number=step)
+  except (OSError, tf.errors.OpError) as e:
+    latest = tf.train.latest_checkpoint(manager.directory)
+    if latest != previous and os.path.basename(latest or '') == name:
+      # Saved and recorded; deleting the oldest checkpoints failed.
+      logging.warning('Saved %s, but cannot remove older checkpoints: %s',
+                      latest, _detail(e))
+      return latest
+    written = set(tf.io.gfile.glob(state_temps)) - temps_before
+    written.update(tf.io.gfile.glob(prefix + '_temp*'))
+    if not existed:
+      written.update(tf.io.gfile.glob(prefix + '.index'))
+      written.update(tf.io.gfile.glob(prefix + '.data-*'))
+    for path in sorted(written):
+      try:
+        if tf.io.gfile.isdir(path):
+          tf.io.gfile.rmtree(path)
+        else:
+          tf.io.gfile.remove(path)
+      except tf.errors.OpError as cleanup_error:
+        logging.warning('Cannot remove %s: %s', path, _detail(cleanup_error))
+    before = (f'the latest checkpoint is still {previous}' if previous
+              else 'no checkpoint was saved before')
+    raise CheckpointSaveError(
+        f'Cannot save checkpoint {prefix}: {_detail(e)}; {before}. Free some '
+        'space or fix the directory, then run again to resume.') from e

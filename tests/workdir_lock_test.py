@@ -1,0 +1,105 @@
+"""One run per workdir: a live holder refuses others, a dead one does not.
+
+The holder across processes is a child Python that imports only the lock
+module (no TensorFlow), so each starts in a fraction of a second.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from elbo import workdir_lock
+import conftest
+
+_HOLD = """
+import sys, time
+from elbo import workdir_lock
+with workdir_lock.hold(sys.argv[1]):
+  print('held', flush=True)
+  time.sleep(120)
+"""
+
+
+@pytest.fixture
+def holder(tmp_path):
+  """A child process holding `tmp_path / 'run'`; killed at the end."""
+  workdir = str(tmp_path / 'run')
+  process = subprocess.Popen(
+      [sys.executable, '-c', _HOLD, workdir], stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True,
+      env=dict(os.environ, PYTHONPATH=conftest.REPO_ROOT))
+  line = process.stdout.readline()
+  assert line == 'held\n', process.stderr.read()
+  yield workdir, process
+  process.kill()
+  process.wait()
+
+
+def _lock_file(workdir):
+  with open(os.path.join(workdir, workdir_lock.LOCK_FILE)) as f:
+    return f.read()
+
+
+def test_a_live_holder_refuses_a_second_run_naming_it(holder):
+  workdir, process = holder
+  with pytest.raises(workdir_lock.WorkdirLockError) as raised:
+    with workdir_lock.hold(workdir):
+      pytest.fail('entered a held workdir')
+  message = str(raised.value)
+  assert '\n' not in message
+  started = json.loads(_lock_file(workdir))['started']
+  assert message.startswith(
+      f'{workdir} is in use by pid {process.pid} on host '
+      f'{socket.gethostname()} since {started} (it holds {workdir}/.lock).')
+  assert process.poll() is None  # The holder runs on, untouched.
+
+
+def test_after_kill_9_of_the_holder_the_next_run_holds_it(holder):
+  workdir, process = holder
+  process.send_signal(signal.SIGKILL)
+  assert process.wait() == -signal.SIGKILL
+  assert json.loads(_lock_file(workdir))['pid'] == process.pid  # Stale.
+  with workdir_lock.hold(workdir):
+    assert json.loads(_lock_file(workdir))['pid'] == os.getpid()
+  assert _lock_file(workdir) == ''  # Released: nobody named.
+
+
+def test_one_process_twice_is_refused_then_free_after_the_block(tmp_path):
+  workdir = str(tmp_path / 'new' / 'run')
+  with workdir_lock.hold(workdir):
+    assert os.listdir(workdir) == ['.lock']  # Made, and nothing else.
+    with pytest.raises(workdir_lock.WorkdirLockError,
+                       match=f'in use by pid {os.getpid()} on host '):
+      with workdir_lock.hold(workdir):
+        pass
+  with workdir_lock.hold(workdir):
+    pass
+
+
+def test_only_the_chief_holds_it(holder):
+  workdir, _ = holder
+  with workdir_lock.hold(workdir, chief=False):  # Another worker: enters.
+    pass
+
+
+def test_an_exception_inside_releases_it(tmp_path):
+  workdir = str(tmp_path)
+  with pytest.raises(KeyError):
+    with workdir_lock.hold(workdir):
+      raise KeyError('training failed')
+  with workdir_lock.hold(workdir):
+    pass
+
+
+def test_a_workdir_that_cannot_be_made_is_a_one_line_error(tmp_path):
+  blocker = tmp_path / 'file'
+  blocker.write_text('')
+  with pytest.raises(workdir_lock.WorkdirLockError,
+                     match=f'^Cannot create {blocker}/run/.lock: '):
+    with workdir_lock.hold(str(blocker / 'run')):
+      pass
