@@ -43,6 +43,7 @@ from elbo import interrupts
 from elbo import losses
 from elbo import models
 from elbo import objectives
+from elbo import workdir_lock
 
 __all__ = ['Config', 'DivergenceError', 'ModelFn', 'NonFiniteError',
            'NonFiniteGuard', 'TrainingInterrupted', 'clip_by_global_norm',
@@ -364,7 +365,8 @@ def _hparams(config: Config) -> Dict[str, object]:
 
 
 class _Trainer:
-  """One training run: set up in `__init__`, then `train()`.
+  """One training run: checks and data in `__init__`, the rest of the
+  set-up in `build()`, then `train()`.
 
   Each periodic action (log, images, epoch evaluation, checkpoint) is one
   method, listed in `actions()`; the loop runs training calls that end at
@@ -397,7 +399,16 @@ class _Trainer:
     self.total_steps = config.epochs * self.steps_per_epoch
     if config.max_steps:
       self.total_steps = min(self.total_steps, config.max_steps)
+    self.images = (train_images, test_images)
+    self.model_fn = model_fn
 
+  def build(self) -> None:
+    """The model, the optimizer, the restored state, and the workdir's
+    first writes; with the workdir held (`workdir_lock`)."""
+    config, workdir = self.config, self.workdir
+    train_images, test_images = self.images
+    replicas = self.strategy.num_replicas_in_sync
+    model_fn = self.model_fn
     keras.utils.set_random_seed(config.seed)  # Weight initialization.
     with self.strategy.scope():
       self.model = (model_fn or config_lib.build_model)(config)
@@ -553,7 +564,7 @@ class _Trainer:
 
   def save(self, step: int) -> None:
     self.guard.check()
-    self.manager.save(checkpoint_number=step)
+    checkpoints.save(self.manager, step)
     self.last_saved_step = step
 
   def recover(self, bad_step: int) -> None:
@@ -713,11 +724,19 @@ def train_and_evaluate(config: Config, workdir: str,
     NonFiniteError: NaN/Inf in a loss term or the gradients.
     DivergenceError: a finite divergence persisted after the allowed
       recoveries.
-    checkpoints.CheckpointMismatchError: the workdir holds another model.
+    checkpoints.CheckpointError: the workdir holds another model
+      (`CheckpointMismatchError`), no checkpoint in it can be read
+      (`CheckpointReadError`), or a save failed (`CheckpointSaveError`).
+    workdir_lock.WorkdirLockError: another live run holds the workdir.
     data.DataError: a data file is missing or malformed.
     config_lib.ConfigError: the workdir is a file, the batch is larger
       than the training set or not divisible by the replicas, or the model
       lacks the interface.
     distribute.StrategyError: the strategy cannot run here.
   """
-  return _Trainer(config, workdir, model_fn).train()
+  trainer = _Trainer(config, workdir, model_fn)  # Loads the data.
+  # One run per workdir (the chief's: its workers are part of it), held
+  # from before the first write to the workdir to the end.
+  with workdir_lock.hold(workdir, trainer.chief):
+    trainer.build()
+    return trainer.train()

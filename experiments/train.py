@@ -37,6 +37,7 @@ from elbo import data
 from elbo import distribute
 from elbo import flag_utils
 from elbo import train
+from elbo import workdir_lock
 
 # Exit status after SIGTERM / SIGINT, once the checkpoint is written: "try
 # again" (EX_TEMPFAIL), for job schedulers that requeue on it.
@@ -62,9 +63,10 @@ def main(argv):
   except train.TrainingInterrupted as e:
     logging.warning('%s', e)
     sys.exit(EXIT_INTERRUPTED)
-  except (data.DataError, checkpoints.CheckpointMismatchError,
+  except (data.DataError, checkpoints.CheckpointError,
           config_lib.ConfigError, distribute.StrategyError,
-          train.NonFiniteError) as e:
+          train.NonFiniteError, train.DivergenceError,
+          workdir_lock.WorkdirLockError) as e:
     sys.exit(f'Error: {e}')
 
 

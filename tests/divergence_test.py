@@ -110,7 +110,10 @@ def test_resuming_after_a_recovery_keeps_its_remedy(data_dir, tmp_path,
   whole, split = str(tmp_path / 'whole'), str(tmp_path / 'split')
   train.train_and_evaluate(_config(data_dir), whole)
   recovery, = divergence.read_recoveries(whole)
-  mid_cooldown = recovery.restored_step + 5
+  # Stops 2 steps past the bad one: it detects and recovers at its last
+  # step, then ends inside the cool-down.
+  mid_cooldown = recovery.bad_step + 2
+  assert mid_cooldown < recovery.restored_step + recovery.cooldown
   train.train_and_evaluate(_config(data_dir, max_steps=mid_cooldown), split)
   train.train_and_evaluate(_config(data_dir), split)
   assert divergence.read_recoveries(split) == [recovery]

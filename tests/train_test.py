@@ -30,7 +30,17 @@ def test_binary_trains_logs_and_resumes(data_dir, tmp_path):
   test_events = conftest.read_events(os.path.join(workdir, 'test'))
   train_tags = {tag for tag, _, _ in train_events}
   assert {'elbo', 'reconstruction', 'kl', 'learning_rate',
-          'examples_per_second'} <= train_tags
+          'examples_per_second', 'gradient_norm', 'config'} <= train_tags
+  # The first call (steps 1-10) traces and compiles: not timed.
+  assert [step for tag, step, _ in train_events
+          if tag == 'examples_per_second'] == [20, 30, 40]
+  norms = [value for tag, _, value in train_events if tag == 'gradient_norm']
+  assert len(norms) == 4 and all(0 < norm < 1e4 for norm in norms)
+  # Images at 20 and 40 (the last step), each once.
+  assert [step for tag, step, _ in train_events if tag == 'input'] == [20, 40]
+  # The HParams plugin's per-run entry, at the top of the run.
+  top_level = {tag for tag, _, _ in conftest.read_events(workdir)}
+  assert '_hparams_/session_start_info' in top_level
   assert {'input', 'reconstruction/mode', 'reconstruction/mean',
           'prior_sample/mode', 'prior_sample/mean'} <= train_tags
   test_scalars = {tag: value for tag, _, value in test_events}
