@@ -23,6 +23,7 @@ so a kill mid-write leaves the previous version.
 
 import dataclasses
 import datetime
+import importlib
 import importlib.metadata
 import json
 import os
@@ -37,12 +38,11 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-import elbo
 from elbo import config as config_lib
 
 __all__ = ['FILENAME', 'SAFE_CHANGES', 'RunHistory', 'config_changes',
            'environment', 'finished_test_metrics', 'git_state', 'markdown',
-           'read', 'start']
+           'read', 'start', 'write_file']
 
 FILENAME = 'run_history.json'
 
@@ -67,6 +67,7 @@ SAFE_CHANGES = frozenset({
     'data_dir', 'jit_compile', 'strategy', 'tpu',
 })
 _GIT_TIMEOUT_SECONDS = 10
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def _now() -> str:
@@ -79,11 +80,12 @@ def _as_json(value: Any) -> Any:
   return json.loads(json.dumps(value))
 
 
-def _write_json(path: str, value: Any) -> None:
-  """Atomic: a kill mid-write leaves the previous file intact."""
+def write_file(path: str, text: str) -> None:
+  """Writes `text` to `path` atomically: a kill mid-write leaves the
+  previous file intact."""
   temporary = path + '.tmp'
   with tf.io.gfile.GFile(temporary, 'w') as f:
-    json.dump(value, f, indent=2)
+    f.write(text)
   tf.io.gfile.rename(temporary, path, overwrite=True)
 
 
@@ -97,15 +99,18 @@ def read(workdir: str) -> List[Dict[str, Any]]:
     return json.load(f)
 
 
-def git_state(directory: str) -> Tuple[Optional[str], Optional[bool]]:
-  """(commit, dirty) of the git checkout holding `directory`'s tracked
-  files, or (None, None): no git, not a checkout, or `directory` is not
-  tracked in it (say, a virtualenv inside another repository).
+def git_state(directory: Optional[str] = None
+              ) -> Tuple[Optional[str], Optional[bool]]:
+  """(commit, dirty) of the git checkout that tracks `directory` (default:
+  the `elbo` package's), or (None, None): no git, not a checkout, or
+  `directory` is not tracked in it (say, a virtualenv inside another
+  repository).
 
   Dirty means that tracked files differ from the commit or that files that
   are neither tracked nor ignored exist: either way the code that ran may not
   be the commit's.
   """
+  directory = directory or _PACKAGE_DIR
 
   def git(*args: str) -> str:
     return subprocess.run(['git', '-C', directory, *args], check=True,
@@ -114,14 +119,17 @@ def git_state(directory: str) -> Tuple[Optional[str], Optional[bool]]:
 
   try:
     git('ls-files', '--error-unmatch', '--', '.')
-    return git('rev-parse', 'HEAD').strip(), bool(git('status',
-                                                      '--porcelain'))
+    commit = git('rev-parse', 'HEAD').strip()
+    return commit, bool(git('status', '--porcelain'))
   except (OSError, subprocess.SubprocessError):
     return None, None
 
 
 def _elbo_version() -> Optional[str]:
-  version = getattr(elbo, '__version__', None)
+  # The package, already imported; not `import elbo`, whose Bazel target
+  # depends on every library, this one included.
+  version = getattr(importlib.import_module(__package__), '__version__',
+                    None)
   if version is None:
     try:
       version = importlib.metadata.version('elbo')
@@ -155,7 +163,7 @@ def environment() -> Dict[str, Any]:
   """Where this process runs: the code's version and commit, the host, the
   library versions and the devices (the entry fields of the module
   docstring)."""
-  commit, dirty = git_state(os.path.dirname(os.path.abspath(elbo.__file__)))
+  commit, dirty = git_state()
   return {
       'elbo_version': _elbo_version(),
       'git_commit': commit,
@@ -242,7 +250,7 @@ class RunHistory:
     if test is not None:
       self.entry['test'] = {name: float(v) for name, v in test.items()}
     if self._write:
-      _write_json(self.path, self.entries)
+      write_file(self.path, json.dumps(self.entries, indent=2))
 
   def write_summary(self, writer: tf.summary.SummaryWriter,
                     step: int) -> None:
