@@ -7,6 +7,7 @@ import subprocess
 import numpy as np
 import tensorflow as tf
 
+from elbo import run_record
 import conftest
 
 _KEYS = ('neg_elbo', 'neg_reconstruction', 'kl')
@@ -45,6 +46,8 @@ def test_sweep_trains_each_seed_once_and_summarizes(tmp_path):
   second = conftest.run_binary(*common, '--seeds=0,1', binary='sweep')
   assert second.returncode == 0, second.stderr[-3000:]
   assert _train_steps_logged(seed_0) == logged
+  # Not even started again (once elbo.train records its starts).
+  assert len(run_record.read(seed_0)) <= 1
   for seed in (0, 1):
     assert tf.train.latest_checkpoint(os.path.join(
         workdir, f'seed_{seed}', 'checkpoints')).endswith('ckpt-4')
