@@ -56,7 +56,8 @@ FILENAME = 'run_history.json'
 # Caveats of allowed changes: with lr_schedule=cosine, epochs sets the decay
 # length; jit_compile and the number of replicas (strategy) change the latent
 # draws (not their distribution), so the run is no longer bit-identical to an
-# uninterrupted one.
+# uninterrupted one; the first train log after a log_every change averages
+# its interval's sums over the new interval length.
 SAFE_CHANGES = frozenset({
     # Length and optimization.
     'epochs', 'max_steps', 'learning_rate', 'lr_schedule', 'clip_norm',
