@@ -276,23 +276,25 @@ def learning_rate(config: Config,
 
 
 def save(workdir: str, config: Config) -> None:
-  """Writes config.json; warns when a resumed run changed the config."""
+  """Writes config.json, atomically: evaluation rebuilds the model from it.
+
+  Whether a resumed run may change its config, and the history of its
+  configs, are `elbo.run_record`'s: this only writes the latest.
+  """
   path = os.path.join(workdir, _FILENAME)
-  current = dataclasses.asdict(config)
-  if tf.io.gfile.exists(path):
-    previous = dataclasses.asdict(load(workdir))
-    changed = {k: (previous[k], v) for k, v in current.items()
-               if previous[k] != v}
-    if changed:
-      logging.warning('Config differs from the run in %s (old, new): %s',
-                      workdir, changed)
-  with tf.io.gfile.GFile(path, 'w') as f:
-    json.dump(current, f, indent=2)
+  temporary = path + '.tmp'
+  with tf.io.gfile.GFile(temporary, 'w') as f:
+    json.dump(dataclasses.asdict(config), f, indent=2)
+  tf.io.gfile.rename(temporary, path, overwrite=True)
 
 
 def load(workdir: str, **overrides) -> Config:
   """The config a run in `workdir` was trained with, with `overrides` (e.g.
-  a `data_dir` on this machine) replacing saved values."""
+  a `data_dir` on this machine) replacing saved values.
+
+  Fields added since the run was written take their defaults; saved fields
+  this version no longer has are dropped.
+  """
   path = os.path.join(workdir, _FILENAME)
   if not tf.io.gfile.exists(path):
     raise FileNotFoundError(f'{path}: not found; is {workdir} a training '
@@ -301,5 +303,8 @@ def load(workdir: str, **overrides) -> Config:
     values = json.load(f)
   values.update(overrides)
   known = {field.name for field in dataclasses.fields(Config)}
-  # Fields added since the run was written take their defaults.
+  dropped = sorted(set(values) - known)
+  if dropped:
+    logging.warning('%s: ignoring fields unknown to this version: %s', path,
+                    ', '.join(dropped))
   return Config(**{k: v for k, v in values.items() if k in known})
