@@ -61,6 +61,11 @@ FILENAME = 'run_history.json'
 SAFE_CHANGES = frozenset({
     # Length and optimization.
     'epochs', 'max_steps', 'learning_rate', 'lr_schedule', 'clip_norm',
+    'adam_epsilon',
+    # Divergence detection and its remedy.
+    'divergence_threshold', 'divergence_window', 'divergence_rewind',
+    'divergence_skip', 'divergence_lr_factor', 'divergence_cooldown',
+    'divergence_max_recoveries',
     # Cadence.
     'log_every', 'image_every', 'checkpoint_every', 'keep_checkpoints',
     'steps_per_call', 'eval_batch_size',

@@ -25,7 +25,8 @@ divergence that stays finite is detected and recovered from
 import dataclasses
 import os
 import time
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
+from typing import (Callable, Collection, Dict, List, NamedTuple, Optional,
+                    Sequence)
 
 from absl import logging
 import keras
@@ -43,10 +44,11 @@ from elbo import interrupts
 from elbo import losses
 from elbo import models
 from elbo import objectives
+from elbo import run_record
 from elbo import workdir_lock
 
 __all__ = ['Config', 'DivergenceError', 'ModelFn', 'NonFiniteError',
-           'NonFiniteGuard', 'TrainingInterrupted', 'clip_by_global_norm',
+           'NonFiniteGuard', 'TrainingInterrupted', 'USER_ERRORS', 'clip_by_global_norm',
            'evaluate', 'global_gradient_norm', 'make_eval_step', 'make_train_loop', 'make_train_step',
            'resolve_jit_compile', 'steps_to_next_event', 'train_and_evaluate']
 
@@ -95,6 +97,12 @@ class NonFiniteError(FloatingPointError):
 
 class DivergenceError(RuntimeError):
   """Training kept diverging after the allowed recoveries."""
+
+
+# What a binary reports as one line (`Error: ...`) rather than a traceback.
+USER_ERRORS = (data.DataError, checkpoints.CheckpointError,
+               config_lib.ConfigError, distribute.StrategyError,
+               NonFiniteError, DivergenceError, workdir_lock.WorkdirLockError)
 
 
 class NonFiniteGuard(tf.Module):
@@ -374,9 +382,11 @@ class _Trainer:
   """
 
   def __init__(self, config: Config, workdir: str,
-               model_fn: Optional[ModelFn]):
+               model_fn: Optional[ModelFn],
+               allow_config_changes: Collection[str]):
     self.config = config
     self.workdir = workdir
+    self.allow_config_changes = allow_config_changes
     # First, before any other TF op: multi-worker collectives need it.
     self.strategy = distribute.make_strategy(config.strategy, config.tpu)
     self.chief = distribute.is_chief(self.strategy)
@@ -440,10 +450,13 @@ class _Trainer:
         epoch_sums=self.epoch_sums)
     checkpoints.restore_latest(self.manager,
                                os.path.join(workdir, 'checkpoints'))
-    tf.io.gfile.makedirs(self.own_dir)
-    if self.chief:
-      config_lib.save(workdir, config)
     self.step = int(self.optimizer.iterations.numpy())
+    # config.json, and this start in run_history.json; refuses changes
+    # that alter what a step means unless allowed.
+    self.history = run_record.start(workdir, config, self.step,
+                                    self.allow_config_changes,
+                                    write=self.chief)
+    tf.io.gfile.makedirs(self.own_dir)
     self.last_saved_step = self.step
     self.recoveries = divergence.read_recoveries(workdir)
     self.data_offset = tf.Variable(0, dtype=tf.int64, trainable=False)
@@ -565,6 +578,7 @@ class _Trainer:
   def save(self, step: int) -> None:
     self.guard.check()
     checkpoints.save(self.manager, step)
+    self.history.update(step)
     self.last_saved_step = step
 
   def recover(self, bad_step: int) -> None:
@@ -690,13 +704,16 @@ class _Trainer:
       images.write_image_summaries(self.train_writer, self.step,
                                    final_pictures)
     images.write_figures(self.workdir, final_pictures)
+    self.history.update(self.step, self.test_metrics)
+    self.history.write_summary(self.train_writer, self.step)
     logging.info('Done at step %d: test %s', self.step,
                  _format(self.test_metrics))
     return {'train': self.train_metrics, 'test': self.test_metrics}
 
 
 def train_and_evaluate(config: Config, workdir: str,
-                       model_fn: Optional[ModelFn] = None
+                       model_fn: Optional[ModelFn] = None,
+                       allow_config_changes: Collection[str] = ()
                        ) -> Dict[str, Dict[str, float]]:
   """Trains (or resumes) a VAE and evaluates it each epoch.
 
@@ -707,9 +724,13 @@ def train_and_evaluate(config: Config, workdir: str,
       methods of `elbo.models.Model`. Default: the built-in model
       `config.model` names (`elbo.config.build_model`). Resume and evaluate
       with the same function.
+    allow_config_changes: Config fields that a resumed run may change
+      although they alter what a step means or what the checkpoint holds
+      (`elbo.run_record.SAFE_CHANGES` may always change).
 
   Writes to `workdir`: `checkpoints/`, TensorBoard events in `train/` and
-  `test/` (and the config as HParams at the top), `config.json`,
+  `test/` (and the config as HParams at the top), `config.json` and
+  `run_history.json` (every start: config, commit, versions, wall time),
   `divergences.jsonl` if training had to recover, and at the end
   `reconstructions.png` and `prior_samples.png`. Nothing is created before
   the data has loaded.
@@ -734,7 +755,8 @@ def train_and_evaluate(config: Config, workdir: str,
       lacks the interface.
     distribute.StrategyError: the strategy cannot run here.
   """
-  trainer = _Trainer(config, workdir, model_fn)  # Loads the data.
+  trainer = _Trainer(config, workdir, model_fn,  # Loads the data.
+                     allow_config_changes)
   # One run per workdir (the chief's: its workers are part of it), held
   # from before the first write to the workdir to the end.
   with workdir_lock.hold(workdir, trainer.chief):

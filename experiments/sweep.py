@@ -25,10 +25,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from elbo import checkpoints
 from elbo import config as config_lib
-from elbo import data
-from elbo import distribute
 from elbo import flag_utils
 from elbo import run_record
 from elbo import train
@@ -53,11 +50,9 @@ _WORKDIR = flags.DEFINE_string(
     'seed_<seed>/, and summary.json, summary.md.', required=True)
 _SEEDS = flags.DEFINE_list('seeds', None, 'Distinct integer seeds, one run '
                            'each, e.g. 0,1,2.', required=True)
-flag_utils.define_dataclass_flags(
-    config_lib.Config,
-    {field.name: f'As in experiments/train.py (Config.{field.name}).'
-     for field in dataclasses.fields(config_lib.Config)},
-    config_lib.CHOICES)
+flag_utils.define_dataclass_flags(config_lib.Config, config_lib.CHOICES)
+flag_utils.define_preset_flag(config_lib.PRESETS)
+flags.adopt_module_key_flags(flag_utils)  # --help lists them.
 flags.register_validator('seeds', _all_integers,
                          message='--seeds must be distinct integers.')
 flags.register_validator(
@@ -105,7 +100,8 @@ def _write(workdir: str, runs: List[Dict[str, Any]]) -> None:
 
 
 def main(argv):
-  config = flag_utils.config_from_flags_or_exit(config_lib.Config, argv)
+  config = flag_utils.config_from_flags_or_exit(config_lib.Config, argv,
+                                                config_lib.PRESETS)
   if flags.FLAGS['seed'].present:
     sys.exit('Error: --seed and --seeds: the sweep sets the seed of each '
              'run; pass --seeds only.')
@@ -123,9 +119,7 @@ def main(argv):
       except train.TrainingInterrupted as e:
         logging.warning('%s', e)
         sys.exit(EXIT_INTERRUPTED)
-      except (data.DataError, checkpoints.CheckpointMismatchError,
-              config_lib.ConfigError, distribute.StrategyError,
-              train.NonFiniteError) as e:
+      except train.USER_ERRORS as e:
         sys.exit(f'Error: seed {seed}: {e}')
     else:
       logging.info('Seed %d: finished in %s; not trained again.', seed,

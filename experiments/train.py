@@ -31,13 +31,9 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from elbo import checkpoints
 from elbo import config as config_lib
-from elbo import data
-from elbo import distribute
 from elbo import flag_utils
 from elbo import train
-from elbo import workdir_lock
 
 # Exit status after SIGTERM / SIGINT, once the checkpoint is written: "try
 # again" (EX_TEMPFAIL), for job schedulers that requeue on it.
@@ -46,6 +42,10 @@ EXIT_INTERRUPTED = 75
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Directory for checkpoints, TensorBoard events and '
     'figures. An existing run there is resumed.', required=True)
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_list(
+    'allow_config_change', [], 'Config fields a resumed run may change '
+    'although they change what a step computes or what the checkpoint holds '
+    '(elbo.run_record.SAFE_CHANGES may always change), e.g. batch_size,seed.')
 flag_utils.define_dataclass_flags(config_lib.Config, config_lib.CHOICES)
 flag_utils.define_preset_flag(config_lib.PRESETS)
 flags.adopt_module_key_flags(flag_utils)  # --help lists them.
@@ -59,14 +59,12 @@ def main(argv):
                                                 config_lib.PRESETS)
   logging.info('Config: %s', config)
   try:
-    train.train_and_evaluate(config, _WORKDIR.value)
+    train.train_and_evaluate(config, _WORKDIR.value,
+                             allow_config_changes=_ALLOW_CONFIG_CHANGE.value)
   except train.TrainingInterrupted as e:
     logging.warning('%s', e)
     sys.exit(EXIT_INTERRUPTED)
-  except (data.DataError, checkpoints.CheckpointError,
-          config_lib.ConfigError, distribute.StrategyError,
-          train.NonFiniteError, train.DivergenceError,
-          workdir_lock.WorkdirLockError) as e:
+  except train.USER_ERRORS as e:
     sys.exit(f'Error: {e}')
 
 

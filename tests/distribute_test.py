@@ -145,9 +145,12 @@ def test_two_workers_on_localhost_train_together(data_dir, tmp_path):
   assert len(chief) >= 16 and chief == worker
   # The chief (worker 0) alone wrote checkpoints and events; worker 1's
   # scratch checkpoints are gone.
-  assert sorted(os.listdir(workdir)) == [
-      'checkpoints', 'config.json', 'prior_samples.png',
-      'reconstructions.png', 'test', 'train']
+  listing = sorted(os.listdir(workdir))
+  # One events file at the top: the HParams entry.
+  assert len([name for name in listing if name.startswith('events.out.')]) == 1
+  assert [name for name in listing if not name.startswith('events.out.')] == [
+      '.lock', 'checkpoints', 'config.json', 'prior_samples.png',
+      'reconstructions.png', 'run_history.json', 'test', 'train']
   assert len(os.listdir(os.path.join(workdir, 'train'))) == 1
   steps = sorted({step for tag, step, _ in conftest.read_events(
       os.path.join(workdir, 'train')) if tag == 'elbo'})
