@@ -160,7 +160,7 @@ def test_allowing_an_unknown_field_is_an_error(tmp_path):
 
 # A later Config with a field the old runs did not have.
 _NewConfig = dataclasses.make_dataclass(
-    'NewConfig', [('model', str, 'vae')], bases=(config_lib.Config,),
+    'NewConfig', [('encoder', str, 'conv')], bases=(config_lib.Config,),
     frozen=True)
 
 
@@ -171,9 +171,9 @@ def test_new_fields_take_their_default_and_are_refused_when_changed(
   run_record.start(workdir, _NewConfig(batch_size=64), 40)
   assert run_record.read(workdir)[-1]['config_changes'] == {}
   with pytest.raises(config_lib.ConfigError,
-                     match=r"model \('vae' -> 'conv'\)"):
-    run_record.start(workdir, _NewConfig(batch_size=64, model='conv'), 40)
-  # Back to the Config without the field: the saved `model` is ignored.
+                     match=r"encoder \('conv' -> 'mlp'\)"):
+    run_record.start(workdir, _NewConfig(batch_size=64, encoder='mlp'), 40)
+  # Back to the Config without the field: the saved `encoder` is ignored.
   run_record.start(workdir, config_lib.Config(batch_size=64), 40)
   assert run_record.read(workdir)[-1]['config_changes'] == {}
 
