@@ -234,11 +234,11 @@ PRESETS = {
     # binarized MNIST; the paper's batch of 20 and Adam epsilon, its stage
     # schedule compressed into `epochs` (the paper trains 3,280).
     'iwae_vae': dict(model='iwae_mlp', batch_size=20, adam_epsilon=1e-4,
-                     lr_schedule='iwae_stages', epochs=100,
+                     lr_schedule='iwae_stages', epochs=100, steps_per_call=50,
                      log_every=500, image_every=5000, checkpoint_every=5000),
     'iwae_k5': dict(model='iwae_mlp', batch_size=20, adam_epsilon=1e-4,
                     lr_schedule='iwae_stages', epochs=100,
-                    objective='iwae_dreg', num_samples=5,
+                    objective='iwae', num_samples=5, steps_per_call=50,
                     log_every=500, image_every=5000, checkpoint_every=5000),
 }
 
