@@ -24,7 +24,6 @@ sees exactly the batches an uninterrupted one would.
 import contextlib
 import dataclasses
 import gzip
-import logging
 import os
 import struct
 import sys
@@ -58,9 +57,11 @@ _IDX_LABELS_MAGIC = 0x00000801
 # that evaluations of different runs compare.
 EVAL_BINARIZATION_SEED = (2019, 0)
 # TFDS retries a failed request 10 times with exponential backoff (0.2 s,
-# doubling): offline, its error comes after about 3.5 minutes. Two retries
-# give up within a second and still ride out a dropped connection.
-_TFDS_DOWNLOAD_RETRIES = 2
+# doubling): offline, its error comes after about 3.5 minutes, behind
+# urllib3's warnings. Without retries it comes at once, alone (the other
+# downloads, still in flight, would log theirs after it); running again
+# retries, and reuses the files already downloaded.
+_TFDS_DOWNLOAD_RETRIES = 0
 
 
 class DataError(ValueError):
@@ -316,22 +317,18 @@ def _load_tfds(dataset: str, split: str, feature: str) -> np.ndarray:
 
 @contextlib.contextmanager
 def _fail_fast_downloads() -> Iterator[None]:
-  """TFDS retries less (see `_TFDS_DOWNLOAD_RETRIES`), without urllib3's
-  'Retrying' warnings, and shows progress bars only on a terminal: a failed
-  download ends in one line."""
+  """TFDS does not retry (see `_TFDS_DOWNLOAD_RETRIES`) and shows its
+  progress bars only on a terminal: a failed download ends in one line."""
   # pylint: disable=g-import-not-at-top,protected-access
   from tensorflow_datasets.core.download import downloader
   from tensorflow_datasets.core.utils import tqdm_utils
-  urllib3_logger = logging.getLogger('urllib3')
-  saved = (downloader.MAX_RETRIES, tqdm_utils._active, urllib3_logger.level)
+  saved = downloader.MAX_RETRIES, tqdm_utils._active
   downloader.MAX_RETRIES = _TFDS_DOWNLOAD_RETRIES
   tqdm_utils._active = saved[1] and sys.stderr.isatty()
-  urllib3_logger.setLevel(logging.ERROR)
   try:
     yield
   finally:
-    downloader.MAX_RETRIES, tqdm_utils._active = saved[:2]
-    urllib3_logger.setLevel(saved[2])
+    downloader.MAX_RETRIES, tqdm_utils._active = saved
 
 
 def _download_error(dataset: str, error: Exception) -> DataError:
