@@ -43,7 +43,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 # dataset -> the files its TFDS builder downloads (as named in the request).
 FILES = {
@@ -181,6 +181,7 @@ class Mirror:
     return write_sitecustomize(directory, self.url, self.mnist_examples())
 
 
+# pylint: disable=protected-access
 def patch_mnist_module(module, url: str,
                        examples: Optional[Tuple[int, int]]) -> None:
   """Points TFDS's MNIST builder at `url`/mnist/. MNIST reads exactly
@@ -188,11 +189,11 @@ def patch_mnist_module(module, url: str,
   mirror's files hold."""
   module.MNIST.URL = f'{url}/mnist/'
   if examples is not None:
-    module._TRAIN_EXAMPLES, module._TEST_EXAMPLES = examples  # pylint: disable=protected-access
+    module._TRAIN_EXAMPLES, module._TEST_EXAMPLES = examples
 
 
 def patch_binarized_module(module, url: str) -> None:
-  module._URL = f'{url}/binarized_mnist/'  # pylint: disable=protected-access
+  module._URL = f'{url}/binarized_mnist/'
 
 
 @contextlib.contextmanager
@@ -200,18 +201,18 @@ def patched_tfds(url: str, examples: Optional[Tuple[int, int]] = None
                  ) -> Iterator[None]:
   """Points TFDS's mnist and binarized_mnist downloads at `url`, then
   restores them."""
-  import importlib  # pylint: disable=g-import-not-at-top
   mnist = importlib.import_module(_MNIST_MODULE)
   binarized = importlib.import_module(_BINARIZED_MODULE)
-  saved = (mnist.MNIST.URL, mnist._TRAIN_EXAMPLES, mnist._TEST_EXAMPLES,  # pylint: disable=protected-access
-           binarized._URL)  # pylint: disable=protected-access
+  saved = (mnist.MNIST.URL, mnist._TRAIN_EXAMPLES, mnist._TEST_EXAMPLES,
+           binarized._URL)
   patch_mnist_module(mnist, url, examples)
   patch_binarized_module(binarized, url)
   try:
     yield
   finally:
-    (mnist.MNIST.URL, mnist._TRAIN_EXAMPLES, mnist._TEST_EXAMPLES,  # pylint: disable=protected-access
-     binarized._URL) = saved  # pylint: disable=protected-access
+    (mnist.MNIST.URL, mnist._TRAIN_EXAMPLES, mnist._TEST_EXAMPLES,
+     binarized._URL) = saved
+# pylint: enable=protected-access
 
 
 class _PatchOnImport(importlib.abc.MetaPathFinder):
@@ -219,7 +220,7 @@ class _PatchOnImport(importlib.abc.MetaPathFinder):
   sitecustomize does not import TFDS (slow, and maybe not installed yet:
   .ci/run's command begins with `pip install`)."""
 
-  def __init__(self, patches: Dict[str, callable]):
+  def __init__(self, patches: Dict[str, Callable[[object], None]]):
     self._patches = patches
 
   def find_spec(self, name, path, target=None):
