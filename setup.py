@@ -19,6 +19,9 @@ setuptools.setup(
         'tensorboard==2.21.0',
         'tensorflow==2.21.0',
         'tensorflow-datasets==4.9.10',
+        # TFDS 4.9.10 imports it (tfds.load, tfds.builder) but declares it
+        # only for Python < 3.9, and etils >= 1.14 no longer brings it.
+        'importlib_resources>=6.0',
         'tensorflow-probability==0.25.0',
         # TFP 0.25 imports tf_keras at import time (for tfp.layers).
         'tf-keras==2.21.0',

@@ -35,6 +35,74 @@ def test_real_files_parse(dataset, split, count):
     assert images[:, 0, :, :].mean() < 1
 
 
+@pytest.mark.skipif(not conftest.have_real_data(),
+                    reason='needs ../shared/datasets')
+@pytest.mark.parametrize('split,count', [('train', 60_000), ('test', 10_000)])
+def test_real_labels_parse(split, count):
+  labels = data.load_labels('mnist', split, conftest.SHARED_DATASETS)
+  assert labels.shape == (count,) and labels.dtype == np.int64
+  # Every digit, each about a tenth of the split.
+  np.testing.assert_allclose(np.bincount(labels) / count, 0.1, atol=0.015)
+
+
+def _write_idx_labels(path, labels) -> None:
+  with gzip.open(path, 'wb') as f:
+    f.write(struct.pack('>2I', 0x801, len(labels)) +
+            np.asarray(labels, np.uint8).tobytes())
+
+
+@pytest.mark.parametrize('dataset', ['fashion_mnist', 'kmnist', 'mnist'])
+@pytest.mark.parametrize('in_subdir', [True, False])
+def test_idx_datasets_load_images_and_labels(tmp_path, dataset, in_subdir):
+  directory = tmp_path / dataset if in_subdir else tmp_path
+  directory.mkdir(exist_ok=True)
+  rng = np.random.default_rng(1)
+  written = {}
+  for split, prefix, count in (('train', 'train', 7), ('test', 't10k', 3)):
+    images = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, count)
+    conftest.write_idx_images(str(directory / f'{prefix}-images-idx3-ubyte.gz'),
+                              images)
+    _write_idx_labels(directory / f'{prefix}-labels-idx1-ubyte.gz', labels)
+    written[split] = images, labels
+  for split, (images, labels) in written.items():
+    loaded = data.load_images(dataset, split, str(tmp_path))
+    assert loaded.shape == images.shape + (1,) and loaded.dtype == np.uint8
+    np.testing.assert_array_equal(loaded[..., 0], images)  # Grey levels kept.
+    loaded_labels = data.load_labels(dataset, split, str(tmp_path))
+    assert loaded_labels.dtype == np.int64
+    np.testing.assert_array_equal(loaded_labels, labels)
+
+
+def test_the_dataset_sub_directory_comes_before_the_directory(tmp_path):
+  (tmp_path / 'kmnist').mkdir()
+  for directory, value in ((tmp_path, 1), (tmp_path / 'kmnist', 2)):
+    conftest.write_idx_images(str(directory / 't10k-images-idx3-ubyte.gz'),
+                              np.full((2, 28, 28), value, np.uint8))
+  assert data.load_images('kmnist', 'test', str(tmp_path)).max() == 2
+  assert data.load_images('mnist', 'test', str(tmp_path)).max() == 1
+
+
+def test_every_dataset_is_one_complete_entry():
+  assert data.DATASETS == tuple(data.SPECS)
+  assert {'mnist', 'binarized_mnist', 'fashion_mnist', 'kmnist'} <= set(
+      data.DATASETS)
+  for spec in data.SPECS.values():
+    assert spec.binarization in ('dynamic', 'static')
+    assert spec.label_files is None or set(spec.label_files) == set(
+        spec.image_files)
+    assert {'train', 'test'} <= set(spec.image_files)
+
+
+def test_binarized_mnist_has_no_labels(tmp_path):
+  with pytest.raises(data.DataError,
+                     match='binarized_mnist has no labels; labelled datasets: '
+                     r"\('mnist', 'fashion_mnist', 'kmnist'\)"):
+    data.load_labels('binarized_mnist', 'train', str(tmp_path))
+  with pytest.raises(data.DataError, match='binarized_mnist has no labels'):
+    data.load_labels('binarized_mnist', 'test')  # Before any TFDS work.
+
+
 def test_any_number_of_images(tmp_path):
   root = conftest.make_fake_datasets(str(tmp_path), num_train=37, num_test=5)
   assert data.load_images('mnist', 'train', root).shape == (37, 28, 28, 1)
@@ -137,12 +205,20 @@ def test_eval_batches_are_fixed_and_complete(data_dir):
 
 
 @pytest.mark.parametrize('dataset,split', [
-    ('mnist', 'train'), ('binarized_mnist', 'validation')])
+    ('mnist', 'train'), ('binarized_mnist', 'validation'),
+    ('fashion_mnist', 'test'), ('kmnist', 'train')])
 def test_tfds_source(dataset, split):
   with tfds.testing.mock_data(num_examples=12):
     images = data.load_images(dataset, split)
+    labels = (data.load_labels(dataset, split)
+              if data.SPECS[dataset].label_files else None)
   assert images.shape == (12, 28, 28, 1)
   assert images.dtype == np.uint8
+  if dataset == 'binarized_mnist':
+    assert set(np.unique(images)) <= {0, 255}
+  else:
+    assert labels.shape == (12,) and labels.dtype == np.int64
+    assert labels.min() >= 0 and labels.max() <= 9
 
 
 def _gz(path, payload: bytes) -> str:
@@ -173,13 +249,19 @@ _CANONICAL_LINE = ' '.join(['0'] * 784)
      (' '.join(['0'] * 783 + ['2']) + '\n').encode(),
      "line 1 has value '2'"),
     ('binarized_mnist_train.amat.gz', b'\n\n', 'empty file'),
+    ('train-labels-idx1-ubyte.gz', struct.pack('>2I', 0x803, 2) + bytes(2),
+     'bad magic number 0x00000803; an IDX1 label file'),
+    ('train-labels-idx1-ubyte.gz', struct.pack('>2I', 0x801, 3) + bytes(2),
+     'truncated: header promises 3 labels (11 bytes), file has 10 bytes'),
+    ('train-labels-idx1-ubyte.gz', b'\x00\x00\x08', 'truncated: 3 bytes'),
 ])
 def test_malformed_files_give_one_line_errors(tmp_path, name, payload,
                                               message):
   path = _gz(tmp_path / name, payload)
-  dataset = 'mnist' if 'idx3' in name else 'binarized_mnist'
+  dataset = 'binarized_mnist' if 'amat' in name else 'mnist'
+  load = data.load_labels if 'labels' in name else data.load_images
   with pytest.raises(data.DataError) as error:
-    data.load_images(dataset, 'train', str(tmp_path))
+    load(dataset, 'train', str(tmp_path))
   assert message in str(error.value)
   assert str(error.value).startswith(path)
   assert '\n' not in str(error.value)
@@ -198,3 +280,5 @@ def test_unknown_dataset_and_split():
     data.load_images('cifar10', 'train', '/nonexistent')
   with pytest.raises(ValueError, match='Unknown split'):
     data.load_images('mnist', 'validation', '/nonexistent')
+  with pytest.raises(ValueError, match="Unknown split 'validation' of kmnist"):
+    data.load_labels('kmnist', 'validation', '/nonexistent')
