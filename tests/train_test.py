@@ -235,7 +235,15 @@ def test_xla_loop_agrees_with_the_default_loop(data_dir):
     results[jit_compile] = metrics, gradient, encoder_size
   (metrics, gradient, encoder_size), (metrics_xla, gradient_xla, _) = (
       results[False], results[True])
-  np.testing.assert_allclose(metrics_xla, metrics, rtol=1e-4)
+  np.testing.assert_allclose(metrics_xla[:4], metrics[:4], rtol=1e-4)
+  # The logged gradient norm is that of the update SGD(1) applied; XLA's
+  # other latent samples move it by 0.15%.
+  for logged, applied in ((metrics[4], gradient),
+                          (metrics_xla[4], gradient_xla)):
+    np.testing.assert_allclose(
+        logged, np.sqrt(sum(np.sum(g.astype(np.float64)**2)
+                            for g in applied)), rtol=1e-4)
+  np.testing.assert_allclose(metrics_xla[4], metrics[4], rtol=1e-2)
 
   def cosine(a, b):
     a, b = (np.concatenate([x.ravel() for x in v]) for v in (a, b))
