@@ -40,6 +40,7 @@ __all__ = [
     'kl_per_dimension',
     'mutual_information',
     'posterior_mean_variance',
+    'total_correlation',
     'write_summaries',
 ]
 
@@ -135,6 +136,29 @@ def kl_per_dimension(approx_posterior: tfd.Distribution,
     return tfd.kl_divergence(marginals, _normal_marginals(latent_prior))
 
 
+def total_correlation(approx_posterior: tfd.Distribution) -> tf.Tensor:
+  """How much of KL(q(z | x) || p(z)) the marginal KLs miss: the total
+  correlation of a Gaussian q(z | x) with covariance S.
+
+  ```none
+  TC(q) = KL(q || prod_u q(z_u)) = 1/2 (sum_u log S_uu - log det S) >= 0
+  ```
+
+  0 for a diagonal S. For a factorized prior,
+  `sum(kl_per_dimension(q, p), -1) + total_correlation(q) = KL(q || p)`.
+
+  Args:
+    approx_posterior: `q(z | x)`, a multivariate normal, batch shape `B`.
+
+  Returns:
+    total_correlation: `Tensor` of shape `B`, in nats.
+  """
+  covariance = approx_posterior.covariance()
+  return 0.5 * (
+      tf.reduce_sum(tf.math.log(tf.linalg.diag_part(covariance)), axis=-1) -
+      tf.linalg.logdet(covariance))
+
+
 def mutual_information(approx_posterior: tfd.Distribution,
                        num_samples: int = 1,
                        seed=None,
@@ -209,8 +233,9 @@ def diagnostics_summary(
 
   Returns:
     A dict of `active_units` (int), `mutual_information` and its ceiling
-    `log_num_examples` = log N (floats, nats), and per latent dimension
-    (NumPy `[D]`) `kl_per_dimension` (the mean over the images) and
+    `log_num_examples` = log N, the mean `total_correlation` of q(z | x)
+    (floats, nats), and per latent dimension (NumPy `[D]`)
+    `kl_per_dimension` (the mean over the images) and
     `posterior_mean_variance`.
   """
   posterior = model.approx_posterior(images)
@@ -220,6 +245,8 @@ def diagnostics_summary(
       'mutual_information': float(mutual_information(posterior,
                                                      seed=mi_seed)),
       'log_num_examples': math.log(posterior.batch_shape[0]),
+      'total_correlation': float(tf.reduce_mean(
+          total_correlation(posterior))),
       'kl_per_dimension': tf.reduce_mean(
           kl_per_dimension(posterior, model.latent_prior(), seed=kl_seed),
           axis=0).numpy(),
@@ -229,8 +256,8 @@ def diagnostics_summary(
 
 def write_summaries(writer: tf.summary.SummaryWriter, step: int,
                     summary: Dict[str, object]) -> None:
-  """TensorBoard under `latent/`: scalars `active_units` and
-  `mutual_information`, the histogram `kl_per_dimension` over the
+  """TensorBoard under `latent/`: scalars `active_units`,
+  `mutual_information` and `total_correlation`, the histogram `kl_per_dimension` over the
   dimensions, and its values from the largest down as text
   (`kl_per_dimension_sorted`)."""
   kl = np.asarray(summary['kl_per_dimension'])
@@ -242,6 +269,8 @@ def write_summaries(writer: tf.summary.SummaryWriter, step: int,
     tf.summary.scalar('latent/active_units', summary['active_units'])
     tf.summary.scalar('latent/mutual_information',
                       summary['mutual_information'])
+    tf.summary.scalar('latent/total_correlation',
+                      summary['total_correlation'])
     tf.summary.histogram('latent/kl_per_dimension', kl)
     tf.summary.text('latent/kl_per_dimension_sorted', table)
   writer.flush()

@@ -128,6 +128,10 @@ class TestKlPerDimension:
     total_correlation = 0.5 * (np.sum(np.log(s_uu)) -
                                np.log(np.linalg.det(s)))
     assert total_correlation > 0.05
+    np.testing.assert_allclose(diagnostics.total_correlation(posterior),
+                               np.full(4, total_correlation), rtol=1e-4)
+    assert np.all(np.abs(diagnostics.total_correlation(
+        _diagonal_posterior()[0])) < 1e-6)
     np.testing.assert_allclose(
         kl.sum(-1) + total_correlation,
         tfd.kl_divergence(posterior, prior), rtol=1e-4)
@@ -211,6 +215,10 @@ class TestDiagnosticsSummary:
     summary = diagnostics.diagnostics_summary(model, x, tf.constant([0, 1]))
     assert summary['active_units'] == 2
     np.testing.assert_allclose(summary['log_num_examples'], math.log(1000))
+    np.testing.assert_allclose(
+        summary['total_correlation'],
+        np.mean(diagnostics.total_correlation(model.approx_posterior(x))),
+        rtol=1e-5)
     np.testing.assert_allclose(summary['mutual_information'],
                                model.mutual_information, atol=0.1)
     posterior = model.approx_posterior(x)
@@ -237,6 +245,7 @@ class TestDiagnosticsSummary:
 
   def test_write_summaries(self, tmp_path):
     summary = {'active_units': 2, 'mutual_information': 1.5,
+               'total_correlation': 0.25,
                'kl_per_dimension': np.array([0.1, 3.0, 0.0])}
     writer = tf.summary.create_file_writer(str(tmp_path))
     diagnostics.write_summaries(writer, 7, summary)
@@ -248,6 +257,7 @@ class TestDiagnosticsSummary:
           values[value.tag] = tf.make_ndarray(value.tensor)
     assert values['latent/active_units'] == 2
     assert values['latent/mutual_information'] == 1.5
+    assert values['latent/total_correlation'] == 0.25
     # Buckets of the histogram: (left edge, right edge, count); 3 values.
     assert values['latent/kl_per_dimension'][:, 2].sum() == 3
     # The text table, from the largest KL down.
