@@ -180,8 +180,8 @@ def mutual_information(approx_posterior: tfd.Distribution,
   information. Over random batches of a data set, E[I_hat] is the InfoNCE
   bound with the exact critic [4]: at most the population I_q(x; z), and
   within a gap that closes as N grows. Single terms can be negative, and
-  so can the estimate when the posteriors overlap. Costs N^2 * num_samples density
-  evaluations.
+  so can the estimate when the posteriors overlap. Costs N^2 * num_samples
+  density evaluations.
 
   Args:
     approx_posterior: `q(z | x_j)` for N inputs, batch shape `[N]`.
@@ -221,8 +221,8 @@ def diagnostics_summary(
   """The diagnostics of this module for `model` on a batch of images.
 
   Uses only `model.approx_posterior` and `model.latent_prior`. The cost is
-  one encoder pass and N^2 posterior densities for N images (1000 test
-  images: about a second on a CPU).
+  one encoder pass over all N images at once and N^2 posterior densities
+  (1000 test images: 2.6 s on 2 busy CPU cores).
 
   Args:
     model: has `approx_posterior(images)` (batch `[N]`) and
@@ -257,9 +257,9 @@ def diagnostics_summary(
 def write_summaries(writer: tf.summary.SummaryWriter, step: int,
                     summary: Dict[str, object]) -> None:
   """TensorBoard under `latent/`: scalars `active_units`,
-  `mutual_information` and `total_correlation`, the histogram `kl_per_dimension` over the
-  dimensions, and its values from the largest down as text
-  (`kl_per_dimension_sorted`)."""
+  `mutual_information` and `total_correlation`, the histogram
+  `kl_per_dimension` over the dimensions, and its values from the largest
+  down as text (`kl_per_dimension_sorted`)."""
   kl = np.asarray(summary['kl_per_dimension'])
   order = np.argsort(-kl)
   table = '\n'.join(['| rank | dimension | KL (nats) |', '| --- | --- | --- |']
