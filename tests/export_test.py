@@ -1,7 +1,6 @@
-"""The exported SavedModel, loaded where `elbo` is never imported, computes
-what the live model does."""
+"""Tests of elbo.export and its binary: the SavedModel, loaded where `elbo`
+is never imported, computes what the live model does."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import tensorflow_probability as tfp
 
 from elbo import config as config_lib
 from elbo import evaluation
+from elbo import export
 from elbo import losses
 import conftest
 
@@ -44,14 +44,6 @@ _LOADER = textwrap.dedent('''
 ''')
 
 
-def _load_export_module():
-  path = os.path.join(conftest.REPO_ROOT, 'experiments', 'export.py')
-  spec = importlib.util.spec_from_file_location('export_binary', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def _write_run(workdir: str, prior: str) -> None:
   """An untrained model saved as a run would be: config.json and
   checkpoints/ckpt-1."""
@@ -74,8 +66,7 @@ def test_saved_model_without_elbo_matches_the_live_model(tmp_path, prior):
     assert result.returncode == 0, result.stderr[-3000:]
     assert f'Exported step 1 to {export_dir}' in result.stdout
   else:  # In this process, saving a Python start-up.
-    _load_export_module().export(evaluation.restore_model(workdir)[0],
-                                 export_dir)
+    export.export(evaluation.restore_model(workdir)[0], export_dir)
 
   rng = np.random.default_rng(0)
   x = (rng.uniform(size=[4, 28, 28, 1]) < 0.3).astype(np.float32)
@@ -128,7 +119,6 @@ class _GaussianDecoder:
 
 
 def test_non_bernoulli_decoder_is_an_export_error(tmp_path):
-  export = _load_export_module()
   with pytest.raises(export.ExportError, match='needs a Bernoulli decoder'):
     export.export(_GaussianDecoder(), str(tmp_path / 'out'))
   assert not os.path.exists(tmp_path / 'out')
