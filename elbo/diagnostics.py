@@ -36,6 +36,7 @@ tfd = tfp.distributions
 __all__ = [
     'ACTIVE_UNIT_THRESHOLD',
     'active_units',
+    'bar_chart',
     'diagnostics_summary',
     'kl_per_dimension',
     'mutual_information',
@@ -258,13 +259,9 @@ def write_summaries(writer: tf.summary.SummaryWriter, step: int,
                     summary: Dict[str, object]) -> None:
   """TensorBoard under `latent/`: scalars `active_units`,
   `mutual_information` and `total_correlation`, the histogram
-  `kl_per_dimension` over the dimensions, and its values from the largest
-  down as text (`kl_per_dimension_sorted`)."""
+  `kl_per_dimension` over the dimensions, and those values from the largest
+  down as a bar chart (the image `kl_per_dimension_sorted`)."""
   kl = np.asarray(summary['kl_per_dimension'])
-  order = np.argsort(-kl)
-  table = '\n'.join(['| rank | dimension | KL (nats) |', '| --- | --- | --- |']
-                    + [f'| {rank} | {u} | {kl[u]:.3f} |'
-                       for rank, u in enumerate(order)])
   with writer.as_default(step=step):
     tf.summary.scalar('latent/active_units', summary['active_units'])
     tf.summary.scalar('latent/mutual_information',
@@ -272,8 +269,25 @@ def write_summaries(writer: tf.summary.SummaryWriter, step: int,
     tf.summary.scalar('latent/total_correlation',
                       summary['total_correlation'])
     tf.summary.histogram('latent/kl_per_dimension', kl)
-    tf.summary.text('latent/kl_per_dimension_sorted', table)
+    tf.summary.image('latent/kl_per_dimension_sorted', bar_chart(kl))
   writer.flush()
+
+
+def bar_chart(values: np.ndarray, height: int = 120) -> tf.Tensor:
+  """Values from the largest down as dark bars on white, the largest
+  `height` pixels tall.
+
+  Returns:
+    A `[1, height + 8, W, 1]` image in [0, 1].
+  """
+  values = np.sort(np.asarray(values, np.float64))[::-1]
+  width = max(3, 320 // len(values))
+  chart = np.ones([height + 8, len(values) * width + 8, 1])
+  tops = np.round(np.clip(values / max(values[0], 1e-12), 0, 1) * height)
+  for i, top in enumerate(tops.astype(int)):
+    left = 4 + i * width
+    chart[4 + height - top:4 + height, left:left + width - 1] = 0.2
+  return tf.constant(chart[None], tf.float32)
 
 
 def _normal_marginals(distribution: tfd.Distribution) -> tfd.Normal:

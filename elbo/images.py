@@ -16,7 +16,7 @@ import tensorflow_probability as tfp
 from elbo import diagnostics
 from elbo import models
 
-__all__ = ['bar_chart', 'blog_pictures', 'image_grid', 'interpolations',
+__all__ = ['blog_pictures', 'image_grid', 'interpolations',
            'latent_figures', 'pca_embedding', 'traversals', 'write_figures',
            'write_image_summaries', 'write_latent_figures',
            'write_latent_summaries', 'write_png']
@@ -184,23 +184,6 @@ def _legend(width: int) -> np.ndarray:
   return strip
 
 
-def bar_chart(values: np.ndarray, height: int = 120) -> tf.Tensor:
-  """Values from the largest down as dark bars on white, the largest
-  `height` pixels tall.
-
-  Returns:
-    A `[1, height + 8, W, 1]` image in [0, 1].
-  """
-  values = np.sort(np.asarray(values, np.float64))[::-1]
-  width = max(3, 320 // len(values))
-  chart = np.ones([height + 8, len(values) * width + 8, 1])
-  tops = np.round(np.clip(values / max(values[0], 1e-12), 0, 1) * height)
-  for i, top in enumerate(tops.astype(int)):
-    left = 4 + i * width
-    chart[4 + height - top:4 + height, left:left + width - 1] = 0.2
-  return tf.constant(chart[None], tf.float32)
-
-
 def latent_figures(model, images: np.ndarray,
                    labels: Optional[np.ndarray], seed) -> Dict[str, tf.Tensor]:
   """The pictures of the latent space, from test images.
@@ -243,7 +226,7 @@ def latent_figures(model, images: np.ndarray,
       'traversals': traversals(model, images[0], means, np.argsort(-kl)),
       'latent_pca': pca_embedding(means, labels,
                                   seed=int(tf.reduce_sum(seed))),
-      'kl_per_dimension': bar_chart(kl),
+      'kl_per_dimension': diagnostics.bar_chart(kl),
       'reconstructions_8x8': image_grid(
           pairs.reshape((-1,) + pairs.shape[2:]), 16),
       'prior_samples_8x8': image_grid(_decoder_means(model, prior_z), 8),

@@ -10,6 +10,7 @@ import tensorflow_probability as tfp
 
 from elbo import diagnostics
 from elbo import models
+import conftest
 
 tfd = tfp.distributions
 
@@ -207,6 +208,14 @@ class TestMutualInformation:
       diagnostics.mutual_information(_standard_normal(3))
 
 
+def test_bar_chart_heights_are_proportional_to_the_sorted_values():
+  chart = np.asarray(diagnostics.bar_chart(np.array([1., 4., 2., 0.]),
+                                           height=100))[0, ..., 0]
+  width = 320 // 4
+  heights = [int(np.sum(chart[:, 4 + i * width] < 1)) for i in range(4)]
+  assert heights == [100, 50, 25, 0]
+
+
 class TestDiagnosticsSummary:
 
   def test_linear_gaussian(self):
@@ -260,7 +269,10 @@ class TestDiagnosticsSummary:
     assert values['latent/total_correlation'] == 0.25
     # Buckets of the histogram: (left edge, right edge, count); 3 values.
     assert values['latent/kl_per_dimension'][:, 2].sum() == 3
-    # The text table, from the largest KL down.
-    table = values['latent/kl_per_dimension_sorted'].item().decode()
-    assert table.splitlines()[2:] == ['| 0 | 1 | 3.000 |', '| 1 | 0 | 0.100 |',
-                                      '| 2 | 2 | 0.000 |']
+    # The bar chart, as a PNG: width, height, bytes.
+    chart = tf.io.decode_png(values['latent/kl_per_dimension_sorted'][2])
+    np.testing.assert_array_equal(
+        chart, np.round(diagnostics.bar_chart([0.1, 3.0, 0.0])[0] * 255))
+    # The events read back as in tests/conftest.py (no text summaries).
+    assert {tag for tag, _, _ in conftest.read_events(str(tmp_path))} == set(
+        values)

@@ -99,14 +99,6 @@ def test_pca_embedding_separates_labels_along_the_first_axis():
   assert set(np.unique(grey)) == {np.float32(0.3), np.float32(1.0)}
 
 
-def test_bar_chart_heights_are_proportional_to_the_sorted_values():
-  chart = np.asarray(images.bar_chart(np.array([1., 4., 2., 0.]),
-                                      height=100))[0, ..., 0]
-  width = 320 // 4
-  heights = [int(np.sum(chart[:, 4 + i * width] < 1)) for i in range(4)]
-  assert heights == [100, 50, 25, 0]
-
-
 @pytest.mark.parametrize('prior', models.PRIORS)
 def test_latent_figures_of_the_vae(tmp_path, prior):
   model = models.VAE(prior=prior, prior_components=3)
