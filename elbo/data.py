@@ -33,7 +33,6 @@ __all__ = [
     'binarize',
     'eval_batches',
     'load_images',
-    'load_labels',
     'read_amat',
     'read_idx_images',
     'resident_images',
@@ -95,24 +94,6 @@ def load_images(dataset: str, split: str,
     else:
       images = read_amat(path) * np.uint8(255)
   return images[..., np.newaxis]
-
-
-_LABEL_FILES = {'train': 'train-labels-idx1-ubyte',
-                'test': 't10k-labels-idx1-ubyte'}
-
-
-def load_labels(dataset: str, split: str,
-                data_dir: Optional[str] = None) -> np.ndarray:
-  """TEMPORARY stand-in for the real one: int64 digit labels `[N]` of
-  `mnist` (binarized_mnist has none)."""
-  if dataset != 'mnist' or split not in _LABEL_FILES:
-    raise DataError(f'No labels for {dataset} {split}.')
-  if data_dir is None:
-    import tensorflow_datasets as tfds
-    labels = tfds.load(dataset, split=split).map(lambda e: e['label'])
-    return np.concatenate(list(tfds.as_numpy(labels.batch(10_000))))
-  data = _read_bytes(_find_local_file(data_dir, dataset, _LABEL_FILES[split]))
-  return np.frombuffer(data, np.uint8, offset=8).astype(np.int64)
 
 
 def _load_tfds(dataset: str, split: str) -> np.ndarray:
