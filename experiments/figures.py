@@ -1,0 +1,95 @@
+r"""Pictures and diagnostics of a run's latent space, from its latest
+checkpoint.
+
+  python experiments/figures.py --workdir=/tmp/elbo/blog
+
+writes into the workdir `interpolations.png`, `traversals.png`,
+`latent_pca.png` (test posterior means on their first two principal axes,
+coloured by digit), `kl_per_dimension.png`, `reconstructions_8x8.png` and
+`prior_samples_8x8.png`, the same images to TensorBoard (`figures/`, tags
+`latent/...`) and `diagnostics.json`: active units, the mutual information
+I_q(x; z), the total correlation of q(z | x) and the KL per latent dimension
+(see `elbo.diagnostics`), on the first `--diagnostic_examples` test images.
+"""
+
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from elbo import config as config_lib
+from elbo import data
+from elbo import diagnostics
+from elbo import evaluation
+from elbo import images
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'A training workdir.',
+                               required=True)
+_NUM_EXAMPLES = flags.DEFINE_integer(
+    'num_examples', 10_000, 'Test images to encode (the embedding, the '
+    'ranking of dimensions); >= 64.', lower_bound=64)
+_SEED = flags.DEFINE_integer('seed', 0, 'Seed of the prior samples and of '
+                             'the Monte Carlo estimates.')
+_DATA_DIR = flags.DEFINE_string(
+    'data_dir', None, 'Local directory of the standard files; unset: the '
+    'one the run was trained with.')
+_DIAGNOSTIC_EXAMPLES = flags.DEFINE_integer(
+    'diagnostic_examples', 1000, 'The first N test images give the '
+    'diagnostics; the mutual information estimate is at most log N and '
+    'costs N^2 densities.', lower_bound=2)
+
+
+def _labels(config: config_lib.Config, count: int):
+  """The test labels, or None where the data set has none."""
+  try:
+    return data.load_labels(config.dataset, 'test', config.data_dir)[:count]
+  except (data.DataError, ValueError) as e:
+    logging.warning('No labels (%s): the embedding is not coloured.', e)
+    return None
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  workdir = _WORKDIR.value
+  overrides = {'data_dir': _DATA_DIR.value} if _DATA_DIR.value else {}
+  try:
+    model, config, step = evaluation.restore_model(workdir, **overrides)
+    test_images = data.load_images(config.dataset, 'test', config.data_dir)
+  except (FileNotFoundError, data.DataError, config_lib.ConfigError) as e:
+    sys.exit(f'Error: {e}')
+  # Binarized once with the evaluation's fixed seed.
+  binary = np.concatenate(list(data.eval_batches(test_images, 10_000)))
+  binary = binary[:_NUM_EXAMPLES.value]
+  labels = _labels(config, len(binary))
+  seed = tf.constant([_SEED.value, 0], tf.int32)
+
+  summary = diagnostics.diagnostics_summary(
+      model, binary[:_DIAGNOSTIC_EXAMPLES.value], seed)
+  figures = images.latent_figures(model, binary, labels, seed)
+  images.write_latent_figures(workdir, figures)
+  images.write_latent_summaries(
+      tf.summary.create_file_writer(os.path.join(workdir, 'figures')), step,
+      figures)
+  result = {'step': step, 'num_examples': min(len(binary),
+                                              _DIAGNOSTIC_EXAMPLES.value),
+            **{name: value.tolist() if isinstance(value, np.ndarray)
+               else value for name, value in summary.items()}}
+  with open(os.path.join(workdir, 'diagnostics.json'), 'w') as f:
+    json.dump(result, f, indent=2)
+  kl = np.sort(summary['kl_per_dimension'])[::-1]
+  logging.info('Step %d: %d active units of %d; I_q(x; z) %.2f nats (at most '
+               'log %d = %.2f); total correlation %.2f; KL per dimension, '
+               'largest first: %s', step, summary['active_units'], len(kl),
+               summary['mutual_information'], result['num_examples'],
+               summary['log_num_examples'], summary['total_correlation'],
+               ' '.join(f'{v:.2f}' for v in kl))
+
+
+if __name__ == '__main__':
+  app.run(main)
