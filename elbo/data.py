@@ -29,6 +29,7 @@ import struct
 import sys
 from typing import Callable, Iterator, Mapping, Optional, Sequence, Tuple
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 
@@ -42,6 +43,7 @@ __all__ = [
     'eval_batches',
     'load_images',
     'load_labels',
+    'load_labels_or_none',
     'read_amat',
     'read_idx_images',
     'read_idx_labels',
@@ -299,6 +301,18 @@ def load_labels(dataset: str, split: str,
     return _load_tfds(dataset, split, 'label').astype(np.int64)
   return read_idx_labels(
       _find_local_file(data_dir, dataset, spec.label_files[split]))
+
+
+def load_labels_or_none(dataset: str, split: str,
+                        data_dir: Optional[str] = None
+                        ) -> Optional[np.ndarray]:
+  """`load_labels`, or None (with a warning) where there are none: for
+  pictures that colour by label and can do without."""
+  try:
+    return load_labels(dataset, split, data_dir)
+  except DataError as e:
+    logging.warning('No labels (%s).', e)
+    return None
 
 
 def _load_tfds(dataset: str, split: str, feature: str) -> np.ndarray:

@@ -37,6 +37,7 @@ from tensorboard.plugins.hparams import api as hparams_api
 from elbo import checkpoints
 from elbo import config as config_lib
 from elbo import data
+from elbo import diagnostics
 from elbo import distribute
 from elbo import divergence
 from elbo import images
@@ -64,7 +65,10 @@ _GUARDED = _TRAIN_METRICS + ('gradients',)
 _STEP_OUTPUTS = _TRAIN_METRICS + ('gradient_norm',)
 _NUM_GRID_IMAGES = 16
 # Stream ids folded into the run seed, so each random use has its own stream.
-_LATENT_STREAM, _EVAL_STREAM, _FIGURE_STREAM = 1, 2, 3
+_LATENT_STREAM, _EVAL_STREAM, _FIGURE_STREAM, _DIAGNOSTIC_STREAM = 1, 2, 3, 4
+# Test images of the latent diagnostics (each epoch) and of the latent
+# figures (at the end): the mutual information costs N^2 densities.
+_NUM_DIAGNOSTIC_IMAGES = 1000
 
 
 def resolve_jit_compile(jit_compile: str) -> bool:
@@ -484,6 +488,10 @@ class _Trainer:
     # Drawn once, so the prior-sample pictures compare across steps.
     self.prior_z = self.model.latent_prior().sample(_NUM_GRID_IMAGES,
                                                     seed=self.figure_seed)
+    self.diagnostic_images = next(iter(
+        self.test_batches.unbatch().batch(_NUM_DIAGNOSTIC_IMAGES)))
+    self.diagnostic_seed = tf.constant([config.seed, _DIAGNOSTIC_STREAM],
+                                       tf.int32)
     self.train_metrics: Dict[str, float] = {}
     self.test_metrics: Dict[str, float] = {}
     self.images_written_at = -1
@@ -571,6 +579,11 @@ class _Trainer:
     _write_scalars(self.train_writer, step,
                    {f'epoch/{k}': v for k, v in epoch_metrics.items()})
     _write_scalars(self.test_writer, step, self.test_metrics)
+    if self.chief:  # Active units, I(x; z), KL per dimension: test/latent/.
+      diagnostics.write_summaries(self.test_writer, step,
+                                  diagnostics.diagnostics_summary(
+                                      self.model, self.diagnostic_images,
+                                      self.diagnostic_seed))
     logging.info('Epoch %d (step %d): train %s; test %s',
                  step // self.steps_per_epoch, step, _format(epoch_metrics),
                  _format(self.test_metrics))
@@ -704,6 +717,14 @@ class _Trainer:
       images.write_image_summaries(self.train_writer, self.step,
                                    final_pictures)
     images.write_figures(self.workdir, final_pictures)
+    config = self.config
+    labels = data.load_labels_or_none(config.dataset, 'test', config.data_dir)
+    figures = images.latent_figures(
+        self.model, self.diagnostic_images.numpy(),
+        None if labels is None else labels[:_NUM_DIAGNOSTIC_IMAGES],
+        self.diagnostic_seed)
+    images.write_latent_figures(self.workdir, figures)
+    images.write_latent_summaries(self.train_writer, self.step, figures)
     self.history.update(self.step, self.test_metrics)
     self.history.write_summary(self.train_writer, self.step)
     logging.info('Done at step %d: test %s', self.step,
@@ -732,7 +753,8 @@ def train_and_evaluate(config: Config, workdir: str,
   `test/` (and the config as HParams at the top), `config.json` and
   `run_history.json` (every start: config, commit, versions, wall time),
   `divergences.jsonl` if training had to recover, and at the end
-  `reconstructions.png` and `prior_samples.png`. Nothing is created before
+  `reconstructions.png` and `prior_samples.png` (the blog's figures) and
+  the latent figures (`elbo.images.latent_figures`). Nothing is created before
   the data has loaded.
 
   Returns:

@@ -44,15 +44,6 @@ _DIAGNOSTIC_EXAMPLES = flags.DEFINE_integer(
     'costs N^2 densities.', lower_bound=2)
 
 
-def _labels(config: config_lib.Config, count: int):
-  """The test labels, or None where the data set has none."""
-  try:
-    return data.load_labels(config.dataset, 'test', config.data_dir)[:count]
-  except (data.DataError, ValueError) as e:
-    logging.warning('No labels (%s): the embedding is not coloured.', e)
-    return None
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -66,7 +57,9 @@ def main(argv):
   # Binarized once with the evaluation's fixed seed.
   binary = np.concatenate(list(data.eval_batches(test_images, 10_000)))
   binary = binary[:_NUM_EXAMPLES.value]
-  labels = _labels(config, len(binary))
+  labels = data.load_labels_or_none(config.dataset, 'test', config.data_dir)
+  if labels is not None:
+    labels = labels[:len(binary)]
   seed = tf.constant([_SEED.value, 0], tf.int32)
 
   summary = diagnostics.diagnostics_summary(

@@ -44,7 +44,11 @@ def test_binary_trains_logs_and_resumes(data_dir, tmp_path):
   assert {'input', 'reconstruction/mode', 'reconstruction/mean',
           'prior_sample/mode', 'prior_sample/mean'} <= train_tags
   test_scalars = {tag: value for tag, _, value in test_events}
-  assert set(test_scalars) == {'elbo', 'reconstruction', 'kl'}
+  assert set(test_scalars) == {
+      'elbo', 'reconstruction', 'kl', 'latent/active_units',
+      'latent/mutual_information', 'latent/total_correlation',
+      'latent/kl_per_dimension', 'latent/kl_per_dimension_sorted'}
+  assert 0 <= test_scalars['latent/active_units'] <= 16
   np.testing.assert_allclose(
       test_scalars['elbo'],
       test_scalars['reconstruction'] - test_scalars['kl'], rtol=1e-5)
@@ -55,6 +59,8 @@ def test_binary_trains_logs_and_resumes(data_dir, tmp_path):
   assert -test_scalars['elbo'] < 0.6 * _BLOG_START
   assert test_scalars['kl'] > 0
 
+  for name in ('interpolations.png', 'traversals.png', 'latent_pca.png'):
+    assert os.path.isfile(os.path.join(workdir, name)), name
   for name, rows in (('reconstructions.png', 3), ('prior_samples.png', 2)):
     png = tf.io.decode_png(tf.io.read_file(os.path.join(workdir, name)))
     assert png.shape == (rows * 28, 16 * 28, 1)
