@@ -1,10 +1,17 @@
 """elbo: the TFP blog's VAE as a small, explicit TensorFlow 2 library."""
 
+import re
+
 import setuptools
+
+# One place for the version: elbo/__init__.py (read, not imported: that
+# would import TensorFlow before it is installed).
+with open('elbo/__init__.py', encoding='utf-8') as f:
+  VERSION = re.search(r"^__version__ = '([^']+)'$", f.read(), re.M).group(1)
 
 setuptools.setup(
     name='elbo',
-    version='0.1.0',
+    version=VERSION,
     description=('Variational autoencoders in TensorFlow 2: explicit '
                  'GradientTape training, separate ELBO terms, TensorBoard.'),
     long_description=open('README.md', encoding='utf-8').read(),

@@ -112,7 +112,7 @@ def importance_sampled_terms(model: models.VAE, config: config_lib.Config,
     """Sums over draws [skip, samples) of the chunk."""
     log_likelihood, log_ratio = losses.log_likelihood_and_ratio(
         images, model.approx_posterior(images), model.decoder_likelihood,
-        model.latent_prior(), samples, seed)
+        latent_prior=model.latent_prior(), num_samples=samples, seed=seed)
     log_likelihood, log_ratio = log_likelihood[skip:], log_ratio[skip:]
     return (tf.reduce_logsumexp(log_likelihood - log_ratio, axis=0),
             tf.reduce_sum(log_likelihood, axis=0),
@@ -143,7 +143,7 @@ def importance_sampled_terms(model: models.VAE, config: config_lib.Config,
     reconstruction = likelihood_sum / k
     if config.kl == 'analytic':
       kl = losses.kl_divergence(model.approx_posterior(images),
-                                model.latent_prior()).numpy()
+                                latent_prior=model.latent_prior()).numpy()
     else:
       kl = ratio_sum / k
     return {'reconstruction': reconstruction, 'kl': kl,

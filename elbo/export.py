@@ -61,8 +61,9 @@ def log_prob_bound(model, x: tf.Tensor, k: tf.Tensor, seed: tf.Tensor):
 
   def add_draw(i, log_sum_exp):
     log_likelihood, log_ratio = losses.log_likelihood_and_ratio(
-        x, posterior, model.decoder_likelihood, prior, 1,
-        tf.random.experimental.stateless_fold_in(base_seed, i))
+        x, posterior, model.decoder_likelihood, latent_prior=prior,
+        num_samples=1,
+        seed=tf.random.experimental.stateless_fold_in(base_seed, i))
     return i + 1, tf.math.reduce_logsumexp(
         tf.stack([log_sum_exp, (log_likelihood - log_ratio)[0]]), axis=0)
 

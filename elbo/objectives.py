@@ -23,7 +23,7 @@ from elbo import losses
 from elbo import models
 
 __all__ = ['OBJECTIVES', 'Objective', 'batch_elbo', 'elbo_objective',
-           'iwae_objective']
+           'iwae_dreg_objective', 'iwae_objective']
 
 Objective = Callable[[models.Model, tf.Tensor, Any, tf.Tensor, tf.Tensor],
                      Tuple[losses.ElboTerms, tf.Tensor]]
@@ -33,7 +33,8 @@ def batch_elbo(model: models.Model, batch: tf.Tensor, config: Any,
                seed: tf.Tensor) -> losses.ElboTerms:
   """The ELBO terms of `batch` with the config's samples and KL method."""
   return losses.elbo(batch, model.approx_posterior(batch),
-                     model.decoder_likelihood, model.latent_prior(),
+                     model.decoder_likelihood,
+                     latent_prior=model.latent_prior(),
                      num_samples=config.num_samples, kl_method=config.kl,
                      seed=seed)
 
@@ -43,7 +44,8 @@ def elbo_objective(model: models.Model, batch: tf.Tensor, config: Any,
                    ) -> Tuple[losses.ElboTerms, tf.Tensor]:
   """reconstruction - beta * kl, beta from `kl_weight` and its warm-up."""
   terms = batch_elbo(model, batch, config, seed)
-  beta = losses.kl_weight(step, config.kl_weight, config.kl_warmup_steps)
+  beta = losses.kl_weight(step, final_weight=config.kl_weight,
+                          warmup_steps=config.kl_warmup_steps)
   return terms, terms.reconstruction - beta * terms.kl
 
 
@@ -54,10 +56,25 @@ def iwae_objective(model: models.Model, batch: tf.Tensor, config: Any,
   del step  # Unused.
   return losses.elbo_and_importance_weighted_bound(
       batch, model.approx_posterior(batch), model.decoder_likelihood,
-      model.latent_prior(), num_samples=config.num_samples, seed=seed)
+      latent_prior=model.latent_prior(), num_samples=config.num_samples,
+      seed=seed)
+
+
+def iwae_dreg_objective(model: models.Model, batch: tf.Tensor, config: Any,
+                        seed: tf.Tensor, step: tf.Tensor
+                        ) -> Tuple[losses.ElboTerms, tf.Tensor]:
+  """L_k as `iwae_objective`, with the doubly reparameterized gradient
+  for the encoder (Tucker et al. 2018): same value and decoder gradient,
+  lower-variance encoder gradient."""
+  del step  # Unused.
+  return losses.elbo_and_importance_weighted_bound(
+      batch, model.approx_posterior(batch), model.decoder_likelihood,
+      latent_prior=model.latent_prior(), num_samples=config.num_samples,
+      gradient_estimator='dreg', seed=seed)
 
 
 OBJECTIVES: Dict[str, Objective] = {
     'elbo': elbo_objective,
     'iwae': iwae_objective,
+    'iwae_dreg': iwae_dreg_objective,
 }

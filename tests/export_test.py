@@ -98,7 +98,8 @@ def test_saved_model_without_elbo_matches_the_live_model(tmp_path, prior):
   for i in range(3):  # Draw i from seed fold_in([11, 0], i).
     seed = tf.random.experimental.stateless_fold_in(tf.constant([11, 0]), i)
     log_likelihood, log_ratio = losses.log_likelihood_and_ratio(
-        x, posterior, model.decoder_likelihood, model.latent_prior(), 1, seed)
+        x, posterior, model.decoder_likelihood,
+        latent_prior=model.latent_prior(), num_samples=1, seed=seed)
     log_weights.append((log_likelihood - log_ratio)[0])
   bound = tfp.math.reduce_logmeanexp(tf.stack(log_weights), axis=0)
   np.testing.assert_allclose(exported['log_prob_bound'], bound, rtol=1e-6)

@@ -123,8 +123,9 @@ def test_iwae_mlp_has_the_papers_architecture():
               tf.float32)
   q = model.approx_posterior(x)
   assert isinstance(q, tfd.MultivariateNormalDiag) and q.batch_shape == [3]
-  terms = losses.elbo(x, q, model.decoder_likelihood, model.latent_prior(),
-                      num_samples=2, seed=(1, 2))
+  terms = losses.elbo(x, q, model.decoder_likelihood,
+                      latent_prior=model.latent_prior(), num_samples=2,
+                      seed=(1, 2))
   assert terms.elbo.shape == [3]
   with pytest.raises(config_lib.ConfigError, match='iwae_mlp has the prior'):
     config_lib.build_model(train.Config(model='iwae_mlp', prior='mixture',

@@ -108,7 +108,8 @@ def test_mixed_bfloat16_gradients_match_float32():
     def gradient(batch, model=model):
       with tf.GradientTape() as tape:
         terms = losses.elbo(batch, model.approx_posterior(batch),
-                            model.decoder_likelihood, model.latent_prior(),
+                            model.decoder_likelihood,
+                            latent_prior=model.latent_prior(),
                             seed=tf.constant([1, 2]))
         loss = -tf.reduce_mean(terms.elbo)
       return tape.gradient(loss, model.trainable_variables)
