@@ -134,7 +134,8 @@ def test_a_subset_then_more_computes_each_image_once(trained_workdir,
 
   def counting(*args):
     fn = clean(*args)
-    return lambda images, *rest: (computed.append(len(images)),
+    # images: [replicas, images of the call, ...].
+    return lambda images, *rest: (computed.append(images.shape[1]),
                                   fn(images, *rest))[1]
 
   monkeypatch.setattr(evaluation, 'importance_sampled_terms', counting)
