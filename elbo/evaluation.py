@@ -460,7 +460,8 @@ class _Progress:
     known = [share for share in shares if share is not None]
     busy = [share for share in known
             if share['progress_remaining_passes'] > 0]
-    rate = sum(share['progress_passes_per_second'] for share in busy)
+    rate = sum(share['progress_passes_per_second'] for share in known
+               if math.isfinite(share['progress_passes_per_second']))
     left = max([share['progress_remaining_passes'] /
                 share['progress_passes_per_second'] for share in busy],
                default=0.)
@@ -468,7 +469,7 @@ class _Progress:
       left = float('nan')
     return (int(sum(share['progress_images'] for share in known)),
             int(sum(share['progress_share_images'] for share in known)),
-            rate if busy else float('nan'), left)
+            rate or float('nan'), left)
 
   def log(self, values: _Values, force: bool = False) -> None:
     """Every `_LOG_EVERY_SECONDS`, or now if `force`."""
