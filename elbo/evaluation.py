@@ -413,11 +413,12 @@ class _Progress:
   `eval/`)."""
 
   def __init__(self, workdir: str, k: int, worker: int, num_workers: int,
-               chief: bool, share_images: int, done_images: int,
-               remaining_passes: int):
+               chief: bool, total_images: int, share_images: int,
+               done_images: int, remaining_passes: int):
     self._workdir, self._k = workdir, k
     self._worker, self._num_workers, self._chief = (worker, num_workers,
                                                     chief)
+    self._total_images = total_images
     self.share_images, self.done_images = share_images, done_images
     self.remaining_passes = remaining_passes
     self._passes, self._seconds = 0, 0.
@@ -444,10 +445,10 @@ class _Progress:
             'progress_passes_per_second': self.rate(),
             'progress_remaining_passes': self.remaining_passes}
 
-  def _totals(self) -> Tuple[int, int, float, float]:
-    """(images done, images, passes per second, seconds left) of all
-    workers, from the shares they saved last; the time left is unknown
-    ('?') until every worker has saved once."""
+  def _totals(self) -> Tuple[int, float, float]:
+    """(images done, passes per second, seconds left) of all workers, from
+    the shares they saved last; the time left is unknown ('?') until every
+    worker has saved once."""
     shares = [self.as_saved()]
     for other in range(self._num_workers):
       if other != self._worker:
@@ -468,7 +469,6 @@ class _Progress:
     if len(known) < len(shares):
       left = float('nan')
     return (int(sum(share['progress_images'] for share in known)),
-            int(sum(share['progress_share_images'] for share in known)),
             rate or float('nan'), left)
 
   def log(self, values: _Values, force: bool = False) -> None:
@@ -486,10 +486,11 @@ class _Progress:
     if self._own_writer is not None:
       self._write(self._own_writer, self.done_images, rate, left)
     if self._chief:
-      done, images, total_rate, total_left = self._totals()
+      done, total_rate, total_left = self._totals()
       if self._num_workers > 1:
-        line += (f'; all workers: {done}/{images} images, {total_rate:.0f} '
-                 f'decoder passes/s, ETA {_duration(total_left)}')
+        line += (f'; all workers: {done}/{self._total_images} images, '
+                 f'{total_rate:.0f} decoder passes/s, ETA '
+                 f'{_duration(total_left)}')
       self._write(self._total_writer, done, total_rate, total_left)
     if len(values['elbo']):
       line += (f'; -ELBO {-np.mean(values["elbo"]):.2f}, -log p(x) '
@@ -584,7 +585,7 @@ def evaluate_run(workdir: str, eval_config: EvalConfig,
   base_seed = tf.constant([eval_config.seed, 7], tf.int32)
   share = (_merged_path(workdir, k) if num_workers == 1 else
            _share_path(workdir, k, worker, num_workers))
-  progress = _Progress(workdir, k, worker, num_workers, chief,
+  progress = _Progress(workdir, k, worker, num_workers, chief, len(binary),
                        sum(e - s for s, e in mine),
                        sum(e - s for s, e in mine if (s, e) in known),
                        sum(map(passes, todo)))
@@ -637,7 +638,7 @@ def evaluate_run(workdir: str, eval_config: EvalConfig,
       progress.log(own_values(), force=True)
     else:
       progress.log(own_values())
-  if todo:
+  if since_save:
     save()
     progress.log(own_values(), force=True)
 
