@@ -1,10 +1,10 @@
 """Test-set evaluation of a trained run: the ELBO and log p(x) by importance
-sampling, with standard errors, in resumable chunks.
+sampling, with standard errors, in resumable chunks, on one device or many.
 
 k = 5000 importance samples over 10,000 test images is 50 million decoder
-passes (hours on a CPU), so the work is done a few examples at a time and
-the per-example results are saved after every chunk; a rerun continues
-where the last one stopped.
+passes (hours on a CPU), so the work is done a few examples at a time (a
+"call") and the per-example results are saved every few hundred images; a
+rerun continues where the last one stopped.
 
 For each test image x, from the same k samples z_s ~ q(z | x):
 
@@ -17,6 +17,13 @@ log p(x) ~ L_k = log mean_s p(x | z_s) p(z_s) / q(z_s | x)    (a lower bound
                  that tightens as k grows [Burda et al. 2015])
 ```
 
+A call's draws are keyed by its first image (`fold_in(seed, start)`), so it
+computes the same wherever it runs. Under a `tf.distribute` strategy each
+replica computes whole calls: worker w of W takes calls w, w + W, w + 2W,
+... and its R replicas R of those at a time. Each worker saves its share;
+once all are in, the chief merges them into the file a single process
+writes, and the figures are those of one process.
+
 The draws of an evaluation with k' samples are the first k' draws of one
 with k > k' (same checkpoint, seed, precision and chunking), so a finished
 smaller evaluation is reused: k = 5000 after k = 1000 draws only the 4000
@@ -24,32 +31,41 @@ new samples per image, and gives the same figures as without it.
 """
 
 import dataclasses
+import datetime
 import glob
 import json
 import math
 import os
 import re
-from typing import Dict, Optional
+import time
+from typing import Callable, Dict, List, Optional, Tuple
 
 from absl import logging
-import keras
 import numpy as np
 import tensorflow as tf
 
 from elbo import config as config_lib
 from elbo import data
+from elbo import distribute
 from elbo import losses
 from elbo import models
 
-__all__ = ['EvalConfig', 'evaluate_run', 'importance_sampled_terms',
-           'restore_model']
+__all__ = ['EvalConfig', 'WorkerLostError', 'evaluate_run',
+           'importance_sampled_terms', 'restore_model']
 
 _PER_EXAMPLE = ('reconstruction', 'kl', 'elbo', 'log_likelihood')
+# (start, stop): the test images of one call.
+_Call = Tuple[int, int]
+_Values = Dict[str, np.ndarray]
+ModelFn = Callable[[config_lib.Config], models.VAE]
+# Seconds between progress lines (and scalars) between saves.
+_LOG_EVERY_SECONDS = 60.0
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-  """How to evaluate: k, how much of the test set, how to chunk the work."""
+  """How to evaluate: k, how much of the test set, how to chunk the work,
+  where to run it."""
   num_samples: int = 5000  # k
   num_examples: int = 0  # 0: the whole test split.
   examples_per_call: int = 8
@@ -58,6 +74,8 @@ class EvalConfig:
   seed: int = 0
   precision: str = 'float32'
   data_dir: Optional[str] = None  # None: the run's own.
+  strategy: str = 'default'  # See elbo.distribute.STRATEGIES.
+  tpu: str = 'local'  # strategy='tpu': a TPU name or grpc:// address.
 
   def __post_init__(self):
     for name in ('num_samples', 'examples_per_call',
@@ -68,19 +86,40 @@ class EvalConfig:
       raise ValueError(f'num_examples must be >= 0, got {self.num_examples}.')
     if self.precision not in config_lib.PRECISIONS:
       raise ValueError(f'precision must be one of {config_lib.PRECISIONS}.')
+    if self.strategy not in distribute.STRATEGIES:
+      raise ValueError(f'strategy must be one of {distribute.STRATEGIES}.')
+
+
+class WorkerLostError(RuntimeError):
+  """Another worker stopped before its share was saved: run all again."""
 
 
 def restore_model(workdir: str, precision: str = 'float32',
-                  **config_overrides):
+                  model_fn: Optional[ModelFn] = None, **config_overrides):
   """Rebuilds a run's model from its config.json and latest checkpoint.
 
+  Create it under `strategy.scope()` to evaluate under a strategy.
+
+  Args:
+    workdir: a training workdir.
+    precision: the dtype policy to compute in; the checkpoint's variables
+      are float32 either way. Default value: `'float32'`.
+    model_fn: `model_fn(config) -> model`, for a model of your own trained
+      by `elbo.train`; None: the built-in VAE. It receives the run's config
+      with `precision` in place of the run's own.
+    **config_overrides: replace values of the saved config (e.g. a
+      `data_dir` on this machine).
+
   Returns:
-    (model, config, step): the model with restored weights, the run's
-    Config, and the global step of the checkpoint.
+    (model, config, step): the model with restored weights, the config it
+    was built from, and the global step of the checkpoint.
+
+  Raises:
+    FileNotFoundError: no config.json or no checkpoint.
   """
-  config = config_lib.load(workdir, **config_overrides)
-  model = config_lib.build_model(
-      dataclasses.replace(config, precision=precision))
+  config = dataclasses.replace(config_lib.load(workdir, **config_overrides),
+                               precision=precision)
+  model = (model_fn or config_lib.build_model)(config)
   path = tf.train.latest_checkpoint(os.path.join(workdir, 'checkpoints'))
   if path is None:
     raise FileNotFoundError(f'{workdir}/checkpoints: no checkpoint to '
@@ -91,37 +130,84 @@ def restore_model(workdir: str, precision: str = 'float32',
   return model, config, int(path.rsplit('-', 1)[1])
 
 
-def importance_sampled_terms(model: models.VAE, config: config_lib.Config,
-                             eval_config: EvalConfig):
-  """Returns `fn(images, seed, reused=None) -> {name: [B] per-example
-  values}` computing the terms of the module docstring with
-  k = eval_config.num_samples, in chunks of samples so that at most
+def _local_replicas(strategy: tf.distribute.Strategy) -> int:
+  """Replicas in this process (the default strategy has one)."""
+  try:
+    return len(strategy.extended.worker_devices)
+  except RuntimeError:  # The default strategy: one.
+    return 1
+
+
+def importance_sampled_terms(
+    model: models.VAE, config: config_lib.Config, eval_config: EvalConfig,
+    strategy: Optional[tf.distribute.Strategy] = None):
+  """Returns `fn(images, seed, reused=None) -> {name: per-example values}`
+  computing the terms of the module docstring with k =
+  eval_config.num_samples, in chunks of samples so that at most
   `decoder_passes_per_call` decoder passes are in memory at once.
 
   Chunk i is drawn with seed `fold_in(seed, i)`, and a shorter draw is a
   prefix of a longer one, so the first k' draws are the same for every
   k >= k'. `reused`, the per-example results of the same call with k' < k
   samples (and `'num_samples': k'`), stands in for those first k' draws.
+
+  Without `strategy`, `images` is one call ([B, ...]), `seed` [2] and the
+  values [B]. Under `strategy` (R replicas in this process) `images` is
+  [R, B, ...], one call per replica, `seed` [R, 2], the reused and returned
+  values [R, B]. The sums over chunks are taken on the host in float64, so
+  a call's figures do not depend on the replica that computed it.
   """
   k = eval_config.num_samples
   chunk = max(1, min(k, eval_config.decoder_passes_per_call //
                      eval_config.examples_per_call))
+  replicated = strategy is not None
+  strategy = strategy or tf.distribute.get_strategy()
+  local = _local_replicas(strategy)
 
   @tf.function
-  def chunk_sums(images, seed, samples, skip):
-    """Sums over draws [skip, samples) of the chunk."""
-    log_likelihood, log_ratio = losses.log_likelihood_and_ratio(
-        images, model.approx_posterior(images), model.decoder_likelihood,
-        latent_prior=model.latent_prior(), num_samples=samples, seed=seed)
-    log_likelihood, log_ratio = log_likelihood[skip:], log_ratio[skip:]
-    return (tf.reduce_logsumexp(log_likelihood - log_ratio, axis=0),
-            tf.reduce_sum(log_likelihood, axis=0),
-            tf.reduce_sum(log_ratio, axis=0))
+  def chunk_sums(images, seeds, samples, skip):
+    """Per replica: sums over draws [skip, samples) of the chunk."""
 
-  def terms(images, seed, reused=None) -> Dict[str, np.ndarray]:
-    log_sum_exp = np.full([len(images)], -np.inf)
-    likelihood_sum = np.zeros([len(images)])
-    ratio_sum = np.zeros([len(images)])
+    def replica_fn(images, seed):
+      log_likelihood, log_ratio = losses.log_likelihood_and_ratio(
+          images, model.approx_posterior(images), model.decoder_likelihood,
+          latent_prior=model.latent_prior(), num_samples=samples, seed=seed)
+      log_likelihood, log_ratio = log_likelihood[skip:], log_ratio[skip:]
+      return (tf.reduce_logsumexp(log_likelihood - log_ratio, axis=0),
+              tf.reduce_sum(log_likelihood, axis=0),
+              tf.reduce_sum(log_ratio, axis=0))
+
+    return strategy.run(replica_fn, args=(images, seeds))
+
+  @tf.function
+  def analytic_kl(images):
+    return strategy.run(lambda x: losses.kl_divergence(
+        model.approx_posterior(x), latent_prior=model.latent_prior()),
+                        args=(images,))
+
+  def per_replica(values: np.ndarray):
+    return strategy.experimental_distribute_values_from_function(
+        lambda context: tf.constant(
+            values[context.replica_id_in_sync_group % local]))
+
+  def on_host(output) -> np.ndarray:
+    """[R, ...] float64, from a per-replica result."""
+    return np.stack([np.asarray(v, np.float64) for v in
+                     strategy.experimental_local_results(output)])
+
+  def terms(images, seed, reused=None) -> _Values:
+    if not replicated:
+      images, seed = np.asarray(images)[None], np.asarray(seed)[None]
+      if reused is not None:
+        reused = {name: v if name == 'num_samples' else np.asarray(v)[None]
+                  for name, v in reused.items()}
+    images, seed = np.asarray(images), np.asarray(seed)
+    if len(images) != local:
+      raise ValueError(f'{len(images)} calls for {local} replicas.')
+    shape = images.shape[:2]
+    log_sum_exp = np.full(shape, -np.inf)
+    likelihood_sum = np.zeros(shape)
+    ratio_sum = np.zeros(shape)
     done = 0
     if reused is not None:
       done = reused['num_samples']
@@ -130,30 +216,33 @@ def importance_sampled_terms(model: models.VAE, config: config_lib.Config,
       log_sum_exp = reused['log_likelihood'] + math.log(done)
       likelihood_sum = reused['reconstruction'] * done
       ratio_sum = reused['kl'] * done  # Used only if the KL is sampled.
+    images_per_replica = per_replica(images)
     for index, start in enumerate(range(0, k, chunk)):
       stop = min(start + chunk, k)
       if stop <= done:
         continue
-      chunk_seed = tf.random.experimental.stateless_fold_in(seed, index)
-      lse, likelihood, ratio = chunk_sums(images, chunk_seed, stop - start,
-                                          max(0, done - start))
-      log_sum_exp = np.logaddexp(log_sum_exp, lse.numpy())
-      likelihood_sum += likelihood.numpy()
-      ratio_sum += ratio.numpy()
+      seeds = np.stack([tf.random.experimental.stateless_fold_in(
+          s, index).numpy() for s in seed])
+      outputs = chunk_sums(images_per_replica, per_replica(seeds),
+                           stop - start, max(0, done - start))
+      lse, likelihood, ratio = [on_host(output) for output in outputs]
+      log_sum_exp = np.logaddexp(log_sum_exp, lse)
+      likelihood_sum += likelihood
+      ratio_sum += ratio
     reconstruction = likelihood_sum / k
     if config.kl == 'analytic':
-      kl = losses.kl_divergence(model.approx_posterior(images),
-                                latent_prior=model.latent_prior()).numpy()
+      kl = on_host(analytic_kl(images_per_replica))
     else:
       kl = ratio_sum / k
-    return {'reconstruction': reconstruction, 'kl': kl,
-            'elbo': reconstruction - kl,
-            'log_likelihood': log_sum_exp - math.log(k)}
+    values = {'reconstruction': reconstruction, 'kl': kl,
+              'elbo': reconstruction - kl,
+              'log_likelihood': log_sum_exp - math.log(k)}
+    return values if replicated else {n: v[0] for n, v in values.items()}
 
   return terms
 
 
-def _summary(values: Dict[str, np.ndarray]) -> Dict[str, Dict[str, float]]:
+def _summary(values: _Values) -> Dict[str, Dict[str, float]]:
   """Mean and standard error of the mean of each per-example quantity."""
   n = len(values['elbo'])
   return {name: {'mean': float(np.mean(v)),
@@ -162,48 +251,112 @@ def _summary(values: Dict[str, np.ndarray]) -> Dict[str, Dict[str, float]]:
           for name, v in values.items()}
 
 
-def _save_partial(path: str, key: Dict[str, object], values) -> None:
-  """Atomic: a kill mid-write leaves the previous partial file intact."""
+def _calls(num_examples: int, per_call: int) -> List[_Call]:
+  """The calls of an evaluation of the first `num_examples` test images:
+  whole calls of `per_call` images, the last one possibly shorter."""
+  return [(start, min(start + per_call, num_examples))
+          for start in range(0, num_examples, per_call)]
+
+
+def _save(path: str, key: Dict[str, object], values: _Values,
+          **extra) -> None:
+  """Atomic: a kill mid-write leaves the previous file intact."""
   temporary = path + '.tmp.npz'
-  np.savez(temporary, **key, **values)
+  np.savez(temporary, **key, **extra, **values)
   os.replace(temporary, path)
 
 
-def _read_partial(path: str, key: Dict[str, object]):
-  """(per-example results, None) if the file at `path` was computed with
-  the same `key` (checkpoint step, seed, precision, chunking), else
+def _read(path: str, key: Dict[str, object]):
+  """(the saved file's arrays, None) if the file at `path` was computed
+  with the same `key` (checkpoint step, seed, precision, chunking), else
   (None, the key it was computed with)."""
   with np.load(path) as saved:
     found = {name: saved[name].item() for name in key if name in saved}
     if found == key:
-      return {name: saved[name] for name in _PER_EXAMPLE}, None
+      return {name: saved[name] for name in saved.files}, None
   return None, found
 
 
-def _load_partial(path: str, key: Dict[str, object]) -> Dict[str, np.ndarray]:
-  """The per-example results saved at `path` with the same `key`; else
-  none."""
-  if os.path.exists(path):
-    values, found = _read_partial(path, key)
+def _prefix_calls(values: _Values, per_call: int) -> Dict[_Call, _Values]:
+  """The calls held by per-example results in test-set order: whole calls,
+  the last one shorter if it ended an evaluation."""
+  return {(start, stop): {name: values[name][start:stop]
+                          for name in _PER_EXAMPLE}
+          for start, stop in _calls(len(values['elbo']), per_call)}
+
+
+def _prefix(known: Dict[_Call, _Values], per_call: int) -> _Values:
+  """The longest run of `known` calls from image 0 that a single process
+  could have saved: whole calls, then at most one shorter last one."""
+  stops = {}
+  for start, stop in known:
+    stops.setdefault(start, []).append(stop)
+  parts, start = [], 0
+  while start in stops:
+    stop = max(stops[start])
+    parts.append(known[(start, stop)])
+    if stop - start < per_call:
+      break
+    start = stop
+  return {name: np.concatenate([np.zeros([0])] + [p[name] for p in parts])
+          for name in _PER_EXAMPLE}
+
+
+def _merged_path(workdir: str, k: int) -> str:
+  return os.path.join(workdir, f'evaluation_k{k}.partial.npz')
+
+
+def _share_path(workdir: str, k: int, worker: int, num_workers: int) -> str:
+  return os.path.join(workdir,
+                      f'evaluation_k{k}.worker{worker}of{num_workers}'
+                      '.partial.npz')
+
+
+def _load_known(workdir: str, k: int, key: Dict[str, object],
+                per_call: int) -> Dict[_Call, _Values]:
+  """Every call saved for this k with the same `key`: the single-process
+  (merged) file, in test-set order, and the workers' shares, whatever the
+  number of workers that wrote them."""
+  known = {}
+  merged = _merged_path(workdir, k)
+  if os.path.exists(merged):
+    values, found = _read(merged, key)
+    if values is None:
+      logging.warning('%s was computed with %s, not %s: starting over.',
+                      merged, found, key)
+    else:
+      known.update(_prefix_calls(values, per_call))
+  for path in glob.glob(os.path.join(
+      workdir, f'evaluation_k{k}.worker*of*.partial.npz')):
+    values, _ = _read(path, key)
     if values is not None:
-      return values
-    logging.warning('%s was computed with %s, not %s: starting over.', path,
-                    found, key)
-  return {name: np.zeros([0]) for name in _PER_EXAMPLE}
+      for start, stop, offset in zip(values['starts'], values['stops'],
+                                     values['offsets']):
+        known[(int(start), int(stop))] = {
+            name: values[name][offset:offset + stop - start]
+            for name in _PER_EXAMPLE}
+  return known
 
 
-def _whole_calls(values: Dict[str, np.ndarray],
-                 per_call: int) -> Dict[str, np.ndarray]:
-  """`values` without a last, shorter call: its draws differ from those of
-  a whole call on the same images."""
-  whole = len(values['elbo']) - len(values['elbo']) % per_call
-  return {name: v[:whole] for name, v in values.items()}
+def _save_share(path: str, key: Dict[str, object],
+                calls: Dict[_Call, _Values], progress: Dict[str, float]):
+  """A worker's calls, with their bounds, and its progress for the chief."""
+  ordered = sorted(calls)
+  sizes = [stop - start for start, stop in ordered]
+  _save(path, key, {
+      name: np.concatenate([np.zeros([0])] + [calls[c][name]
+                                               for c in ordered])
+      for name in _PER_EXAMPLE},
+        starts=np.array([s for s, _ in ordered], np.int64),
+        stops=np.array([e for _, e in ordered], np.int64),
+        offsets=np.cumsum([0] + sizes[:-1]).astype(np.int64), **progress)
 
 
 def _reusable_draws(workdir: str, k: int, key: Dict[str, object],
-                    per_call: int) -> Optional[Dict[str, np.ndarray]]:
-  """The saved whole-call results with the most samples k' < k and the
-  same `key`, plus `'num_samples': k'`; None if there are none."""
+                    per_call: int) -> Optional[_Values]:
+  """The saved whole-call results (test-set order, single-process file)
+  with the most samples k' < k and the same `key`, plus
+  `'num_samples': k'`; None if there are none."""
   smaller = []
   for path in glob.glob(os.path.join(workdir, 'evaluation_k*.partial.npz')):
     match = re.fullmatch(r'evaluation_k(\d+)\.partial\.npz',
@@ -211,14 +364,153 @@ def _reusable_draws(workdir: str, k: int, key: Dict[str, object],
     if match and int(match.group(1)) < k:
       smaller.append((int(match.group(1)), path))
   for samples, path in sorted(smaller, reverse=True):
-    values, _ = _read_partial(path, key)
+    values, _ = _read(path, key)
     if values is not None:
-      values = _whole_calls(values, per_call)
-      return {'num_samples': samples, **values} if len(values['elbo']) else None
+      whole = len(values['elbo']) - len(values['elbo']) % per_call
+      if whole:
+        return {'num_samples': samples,
+                **{name: values[name][:whole] for name in _PER_EXAMPLE}}
+      return None
   return None
 
 
-def evaluate_run(workdir: str, eval_config: EvalConfig) -> Dict:
+def _worker(strategy: tf.distribute.Strategy) -> Tuple[int, int]:
+  """(index, number) of this worker: the chief first, then the workers."""
+  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    return 0, 1
+  resolver = strategy.cluster_resolver
+  spec = resolver.cluster_spec().as_dict()
+  tasks = [(job, index) for job in ('chief', 'worker')
+           for index in range(len(spec.get(job, [])))]
+  return tasks.index((resolver.task_type, resolver.task_id)), len(tasks)
+
+
+def _sum_over_workers(strategy: tf.distribute.Strategy,
+                      value: float) -> float:
+  """`value` summed over the workers: a collective, so it also waits for
+  them all, and fails if one has stopped."""
+  local = _local_replicas(strategy)
+  values = strategy.experimental_distribute_values_from_function(
+      lambda context: tf.constant(
+          value if context.replica_id_in_sync_group % local == 0 else 0.,
+          tf.float64))
+  total = tf.function(lambda v: strategy.reduce(
+      tf.distribute.ReduceOp.SUM, strategy.run(tf.identity, args=(v,)),
+      axis=None))
+  return float(total(values))
+
+
+def _duration(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return '?'
+  return str(datetime.timedelta(seconds=round(seconds)))
+
+
+class _Progress:
+  """Images done, decoder passes per second and the time left, of this
+  worker's share and, on the chief, of all workers (from their saved
+  shares): on the terminal and as TensorBoard scalars `progress/*` (this
+  worker's in `eval/worker_{w}` when there are several, all workers' in
+  `eval/`)."""
+
+  def __init__(self, workdir: str, k: int, worker: int, num_workers: int,
+               chief: bool, total_images: int, share_images: int,
+               done_images: int, remaining_passes: int):
+    self._workdir, self._k = workdir, k
+    self._worker, self._num_workers, self._chief = (worker, num_workers,
+                                                    chief)
+    self._total_images = total_images
+    self.share_images, self.done_images = share_images, done_images
+    self.remaining_passes = remaining_passes
+    self._passes, self._seconds = 0, 0.
+    self._last_log = time.perf_counter()
+    make = lambda name: tf.summary.create_file_writer(
+        os.path.join(workdir, name))
+    self._own_writer = make(f'eval/worker_{worker}') if (
+        num_workers > 1) else None
+    self._total_writer = make('eval') if chief else None
+
+  def add(self, images: int, passes: int, seconds: float) -> None:
+    self.done_images += images
+    self._passes += passes
+    self._seconds += seconds
+    self.remaining_passes -= passes
+
+  def rate(self) -> float:
+    return self._passes / self._seconds if self._seconds else float('nan')
+
+  def as_saved(self) -> Dict[str, float]:
+    """What the chief reads of this worker's share file."""
+    return {'progress_images': self.done_images,
+            'progress_share_images': self.share_images,
+            'progress_passes_per_second': self.rate(),
+            'progress_remaining_passes': self.remaining_passes}
+
+  def _totals(self) -> Tuple[int, float, float]:
+    """(images done, passes per second, seconds left) of all workers, from
+    the shares they saved last; the time left is unknown ('?') until every
+    worker has saved once."""
+    shares = [self.as_saved()]
+    for other in range(self._num_workers):
+      if other != self._worker:
+        path = _share_path(self._workdir, self._k, other, self._num_workers)
+        try:
+          with np.load(path) as saved:
+            shares.append({name: float(saved[name]) for name in shares[0]})
+        except (OSError, KeyError, ValueError):
+          shares.append(None)
+    known = [share for share in shares if share is not None]
+    busy = [share for share in known
+            if share['progress_remaining_passes'] > 0]
+    rate = sum(share['progress_passes_per_second'] for share in known
+               if math.isfinite(share['progress_passes_per_second']))
+    left = max([share['progress_remaining_passes'] /
+                share['progress_passes_per_second'] for share in busy],
+               default=0.)
+    if len(known) < len(shares):
+      left = float('nan')
+    return (int(sum(share['progress_images'] for share in known)),
+            rate or float('nan'), left)
+
+  def log(self, values: _Values, force: bool = False) -> None:
+    """Every `_LOG_EVERY_SECONDS`, or now if `force`."""
+    now = time.perf_counter()
+    if not force and now - self._last_log < _LOG_EVERY_SECONDS:
+      return
+    self._last_log = now
+    rate = self.rate()
+    left = self.remaining_passes / rate if self.remaining_passes else 0.
+    line = (f'{self.done_images}/{self.share_images} images, '
+            f'{rate:.0f} decoder passes/s, ETA {_duration(left)}')
+    if self._num_workers > 1:
+      line = f'worker {self._worker}/{self._num_workers}: {line}'
+    if self._own_writer is not None:
+      self._write(self._own_writer, self.done_images, rate, left)
+    if self._chief:
+      done, total_rate, total_left = self._totals()
+      if self._num_workers > 1:
+        line += (f'; all workers: {done}/{self._total_images} images, '
+                 f'{total_rate:.0f} decoder passes/s, ETA '
+                 f'{_duration(total_left)}')
+      self._write(self._total_writer, done, total_rate, total_left)
+    if len(values['elbo']):
+      line += (f'; -ELBO {-np.mean(values["elbo"]):.2f}, -log p(x) '
+               f'{-np.mean(values["log_likelihood"]):.2f} so far')
+    logging.info('evaluation_k%d: %s', self._k, line)
+
+  @staticmethod
+  def _write(writer, step: int, rate: float, left: float) -> None:
+    with writer.as_default(step=step):
+      tf.summary.scalar('progress/images_done', step)
+      if math.isfinite(rate):
+        tf.summary.scalar('progress/decoder_passes_per_second', rate)
+      if math.isfinite(left):
+        tf.summary.scalar('progress/hours_left', left / 3600)
+    writer.flush()
+
+
+def evaluate_run(workdir: str, eval_config: EvalConfig,
+                 model_fn: Optional[ModelFn] = None) -> Optional[Dict]:
   """Evaluates the latest checkpoint in `workdir` on the test split.
 
   Writes `evaluation_k{k}[_n{N}].json` (and TensorBoard scalars under
@@ -228,89 +520,157 @@ def evaluate_run(workdir: str, eval_config: EvalConfig) -> Dict:
   The saved results of an evaluation with fewer samples stand in for its
   draws (module docstring).
 
+  Under `eval_config.strategy` the calls are shared out (module
+  docstring). With several workers each saves its share as
+  `evaluation_k{k}.worker{w}of{W}.partial.npz` and continues from it when
+  rerun; the chief waits for all, merges them into the single-process file
+  and writes the JSON and scalars. Any number of workers (or a single
+  process) can continue what any other number saved.
+
+  Args:
+    workdir: a training workdir.
+    eval_config: what to compute, and where.
+    model_fn: `model_fn(config) -> model`, as for `restore_model`.
+
   Returns:
-    The JSON's contents: step, k, number of examples, and for each of
-    `elbo`, `reconstruction`, `kl`, `log_likelihood` the mean and standard
-    error, plus the negated `neg_elbo` and `nll` for tables.
+    On the chief, the JSON's contents: step, k, number of examples, and for
+    each of `elbo`, `reconstruction`, `kl`, `log_likelihood` the mean and
+    standard error, plus the negated `neg_elbo` and `nll` for tables. None
+    on the other workers.
+
+  Raises:
+    WorkerLostError: another worker stopped before its share was done.
+    distribute.StrategyError: the strategy cannot run here.
   """
+  # First, before any other TF op: multi-worker collectives need it.
+  strategy = distribute.make_strategy(eval_config.strategy, eval_config.tpu)
+  worker, num_workers = _worker(strategy)
+  chief = distribute.is_chief(strategy)
+  local = _local_replicas(strategy)
   overrides = {'data_dir': eval_config.data_dir} if eval_config.data_dir else {}
-  model, config, step = restore_model(workdir, eval_config.precision,
-                                      **overrides)
+  with strategy.scope():
+    model, config, step = restore_model(workdir, eval_config.precision,
+                                        model_fn, **overrides)
   images = data.load_images(config.dataset, 'test', config.data_dir)
   # Binarized whole, then cut: the first N images are the same whatever N.
   binary = np.concatenate(list(data.eval_batches(images, 10_000)))
   if eval_config.num_examples:
     binary = binary[:eval_config.num_examples]
-  k = eval_config.num_samples
+  k, per_call = eval_config.num_samples, eval_config.examples_per_call
   name = f'evaluation_k{k}' + (f'_n{len(binary)}'
                                if eval_config.num_examples else '')
-  # One partial file per k, whatever the subset: evaluating the first 2000
-  # images, then all, computes each image once.
-  partial_path = os.path.join(workdir, f'evaluation_k{k}.partial.npz')
   # Everything the draws depend on.
-  partial_key = {'step': step, 'seed': eval_config.seed,
-                 'precision': eval_config.precision,
-                 'examples_per_call': eval_config.examples_per_call,
-                 'decoder_passes_per_call':
-                     eval_config.decoder_passes_per_call}
-  values = _load_partial(partial_path, partial_key)
-  done = len(values['elbo'])
-  per_call = eval_config.examples_per_call
-  if done < len(binary):
-    # Continue at a whole call: a call's draws depend on where it starts
-    # and how many images it holds, so the results are the same however
-    # the work was split.
-    values = _whole_calls(values, per_call)
-    done = len(values['elbo'])
-  if done:
-    logging.info('Continuing evaluation_k%d from example %d (of %d asked).',
-                 k, done, len(binary))
+  key = {'step': step, 'seed': eval_config.seed,
+         'precision': eval_config.precision,
+         'examples_per_call': per_call,
+         'decoder_passes_per_call': eval_config.decoder_passes_per_call}
+  known = _load_known(workdir, k, key, per_call)
+  calls = _calls(len(binary), per_call)
+  mine = calls[worker::num_workers]
+  todo = [call for call in mine if call not in known]
+  reusable = _reusable_draws(workdir, k, key, per_call)
+  reuses = lambda call: (reusable is not None and
+                         call[1] - call[0] == per_call and
+                         call[1] <= len(reusable['elbo']))
+  passes = lambda call: (call[1] - call[0]) * (
+      k - reusable['num_samples'] if reuses(call) else k)
+  if len(todo) < len(mine):
+    logging.info('evaluation_k%d: %d of %d calls of this worker already '
+                 'done.', k, len(mine) - len(todo), len(mine))
+  if any(reuses(call) for call in todo):
+    logging.info('Reusing the first %d draws of %d calls from '
+                 'evaluation_k%d.', reusable['num_samples'],
+                 sum(map(reuses, todo)), reusable['num_samples'])
 
-  reusable = _reusable_draws(workdir, k, partial_key, per_call)
-  if reusable is not None and done < len(reusable['elbo']):
-    logging.info('Reusing the first %d draws of test images %d-%d from '
-                 'evaluation_k%d.', reusable['num_samples'], done,
-                 len(reusable['elbo']) - 1, reusable['num_samples'])
-
-  terms_fn = importance_sampled_terms(model, config, eval_config)
+  terms_fn = importance_sampled_terms(model, config, eval_config, strategy)
   base_seed = tf.constant([eval_config.seed, 7], tf.int32)
+  share = (_merged_path(workdir, k) if num_workers == 1 else
+           _share_path(workdir, k, worker, num_workers))
+  progress = _Progress(workdir, k, worker, num_workers, chief, len(binary),
+                       sum(e - s for s, e in mine),
+                       sum(e - s for s, e in mine if (s, e) in known),
+                       sum(map(passes, todo)))
 
-  def call_terms(start: int, stop: int) -> Dict[str, np.ndarray]:
-    """One call on test images [start, stop). Its draws are keyed on
-    `start`, so a resumed evaluation draws the same."""
-    seed = tf.random.experimental.stateless_fold_in(base_seed, start)
-    reused = None
-    if (reusable is not None and stop - start == per_call and
-        stop <= len(reusable['elbo'])):
-      reused = {name: v if name == 'num_samples' else v[start:stop]
-                for name, v in reusable.items()}
-    return terms_fn(tf.constant(binary[start:stop]), seed, reused)
+  def save():
+    if num_workers == 1:
+      _save(share, key, _prefix(known, per_call))
+    else:
+      _save_share(share, key, {c: known[c] for c in mine if c in known},
+                  progress.as_saved())
 
-  progress = keras.utils.Progbar(len(binary),
-                                 stateful_metrics=('nll', 'neg_elbo'),
-                                 unit_name='example')
+  def own_values() -> _Values:
+    done = [known[c] for c in mine if c in known]
+    return {n: np.concatenate([np.zeros([0])] + [v[n] for v in done])
+            for n in _PER_EXAMPLE}
+
+  # Groups of calls, one per replica, alike in size and reuse: a group's
+  # replicas draw the same number of samples in lockstep.
+  groups = []
+  for call in todo:
+    if (groups and len(groups[-1]) < local and
+        (call[1] - call[0], reuses(call)) ==
+        (groups[-1][0][1] - groups[-1][0][0], reuses(groups[-1][0]))):
+      groups[-1].append(call)
+    else:
+      groups.append([call])
+  if not todo:
+    logging.info('evaluation_k%d: nothing to compute on this worker.', k)
   since_save = 0
-  for start in range(done, len(binary), per_call):
-    stop = min(start + per_call, len(binary))
-    for term, value in call_terms(start, stop).items():
-      values[term] = np.concatenate([values[term], value])
-    since_save += stop - start
-    progress.update(len(values['elbo']), [
-        ('nll', -float(np.mean(values['log_likelihood']))),
-        ('neg_elbo', -float(np.mean(values['elbo'])))])
+  for group in groups:
+    began = time.perf_counter()
+    padded = group + [group[0]] * (local - len(group))  # Results unused.
+    seeds = [tf.random.experimental.stateless_fold_in(base_seed, s).numpy()
+             for s, _ in padded]
+    reused = None
+    if reuses(group[0]):
+      reused = {n: np.stack([reusable[n][s:e] for s, e in padded])
+                for n in _PER_EXAMPLE}
+      reused['num_samples'] = reusable['num_samples']
+    values = terms_fn(np.stack([binary[s:e] for s, e in padded]),
+                      np.stack(seeds), reused)
+    for index, call in enumerate(group):
+      known[call] = {n: values[n][index] for n in _PER_EXAMPLE}
+    progress.add(sum(e - s for s, e in group), sum(map(passes, group)),
+                 time.perf_counter() - began)
+    since_save += sum(e - s for s, e in group)
     if since_save >= eval_config.save_every:
-      _save_partial(partial_path, partial_key, values)
+      save()
       since_save = 0
-  _save_partial(partial_path, partial_key, values)
+      progress.log(own_values(), force=True)
+    else:
+      progress.log(own_values())
+  if since_save:
+    save()
+    progress.log(own_values(), force=True)
 
-  per_example = {term: v[:len(binary)] for term, v in values.items()}
-  cut = len(binary) % per_call
-  if len(values['elbo']) > len(binary) and cut:
-    # A larger evaluation was done before: a run of this subset alone ends
-    # with a shorter call, whose draws differ. Redo that call (unsaved).
-    start = len(binary) - cut
-    for term, value in call_terms(start, len(binary)).items():
-      per_example[term] = np.concatenate([per_example[term][:start], value])
+  if num_workers > 1:
+    logging.info('evaluation_k%d: worker %d/%d done; waiting for the '
+                 'others.', k, worker, num_workers)
+    try:
+      _sum_over_workers(strategy, len(todo))
+    except tf.errors.OpError as e:
+      detail = ' '.join(str(e).split())[:200]
+      raise WorkerLostError(
+          f'Another worker stopped before its share of evaluation_k{k} was '
+          f'saved; run all workers again to continue ({detail}).') from e
+    if not chief:
+      return None
+    known.update(_load_known(workdir, k, key, per_call))
+    missing = [call for call in calls if call not in known]
+    if missing:
+      raise WorkerLostError(f'{len(missing)} calls of evaluation_k{k} are '
+                            'not saved; run all workers again.')
+  shares = glob.glob(os.path.join(
+      workdir, f'evaluation_k{k}.worker*of*.partial.npz'))
+  if shares:
+    # The merged file, as one process would have written it; then the
+    # shares are redundant.
+    _save(_merged_path(workdir, k), key, _prefix(known, per_call))
+    for path in shares:
+      os.remove(path)
+
+  per_example = {n: np.concatenate([known[c][n] for c in calls])
+                 for n in _PER_EXAMPLE}
   summary = _summary(per_example)
   result = {
       'workdir': workdir, 'step': step, 'num_samples': k,

@@ -13,6 +13,11 @@ samples per image, with the same result. For a quick look:
 
   python experiments/evaluate.py --workdir=/tmp/elbo/blog \
       --num_samples=1000 --num_examples=500
+
+`--strategy=mirrored|multiworker|tpu` shares the test images out over the
+replicas (and workers, each started with its TF_CONFIG as for train.py);
+the figures are those of one process. Progress (images, decoder passes per
+second, time left) is logged and written to TensorBoard (`eval/`).
 """
 
 import sys
@@ -23,6 +28,7 @@ from absl import logging
 
 from elbo import config as config_lib
 from elbo import data
+from elbo import distribute
 from elbo import evaluation
 from elbo import flag_utils
 
@@ -35,6 +41,9 @@ _HELP = {
     'save_every': 'Images between saves of partial results; >= 1.',
     'seed': 'Seed of the importance samples.',
     'precision': 'float32 (exact figures) or mixed_bfloat16 (faster).',
+    'strategy': 'tf.distribute strategy the images are shared out over '
+                '(multiworker: the cluster from TF_CONFIG).',
+    'tpu': 'With --strategy=tpu: a TPU name or grpc:// address.',
     'data_dir': 'Local directory of the standard files; unset: the one the '
                 'run was trained with.',
 }
@@ -42,7 +51,8 @@ _HELP = {
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A training workdir.',
                                required=True)
 flag_utils.define_dataclass_flags(evaluation.EvalConfig,
-                                  {'precision': config_lib.PRECISIONS},
+                                  {'precision': config_lib.PRECISIONS,
+                                   'strategy': distribute.STRATEGIES},
                                   help_texts=_HELP)
 flags.adopt_module_key_flags(flag_utils)  # --help lists them.
 
@@ -52,8 +62,13 @@ def main(argv):
                                                      argv)
   try:
     result = evaluation.evaluate_run(_WORKDIR.value, eval_config)
-  except (FileNotFoundError, data.DataError, config_lib.ConfigError) as e:
+  except (FileNotFoundError, data.DataError, config_lib.ConfigError,
+          distribute.StrategyError, evaluation.WorkerLostError) as e:
     sys.exit(f'Error: {e}')
+  if result is None:
+    logging.info('This worker\'s share is saved; the chief writes the '
+                 'results.')
+    return
   logging.info('Step %d, %d test images: -ELBO %.2f +- %.2f '
                '(reconstruction %.2f, KL %.2f); -log p(x) (k=%d) %.2f +- %.2f',
                result['step'], result['num_examples'], result['neg_elbo'],

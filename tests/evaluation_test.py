@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from elbo import config as config_lib
 from elbo import evaluation
 from elbo import train
 import conftest
@@ -134,7 +135,8 @@ def test_a_subset_then_more_computes_each_image_once(trained_workdir,
 
   def counting(*args):
     fn = clean(*args)
-    return lambda images, *rest: (computed.append(len(images)),
+    # images: [replicas, images of the call, ...].
+    return lambda images, *rest: (computed.append(images.shape[1]),
                                   fn(images, *rest))[1]
 
   monkeypatch.setattr(evaluation, 'importance_sampled_terms', counting)
@@ -201,9 +203,38 @@ def test_evaluate_binary_end_to_end(trained_workdir):
   assert saved['step'] == 5 and saved['num_examples'] == 16
   assert np.isfinite(saved['nll']) and saved['nll'] <= saved['neg_elbo']
   assert f"-log p(x) (k=50) {saved['nll']:.2f}" in result.stderr
-  tags = {tag for tag, _, _ in conftest.read_events(
-      os.path.join(trained_workdir, 'eval'))}
-  assert {'neg_elbo', 'reconstruction', 'kl', 'nll/k50'} <= tags
+  # Progress: images done, decoder passes per second, time left.
+  assert 'evaluation_k50: 16/16 images, ' in result.stderr
+  assert 'decoder passes/s, ETA 0:00:00' in result.stderr
+  events = conftest.read_events(os.path.join(trained_workdir, 'eval'))
+  tags = {tag for tag, _, _ in events}
+  assert {'neg_elbo', 'reconstruction', 'kl', 'nll/k50',
+          'progress/decoder_passes_per_second',
+          'progress/hours_left'} <= tags
+  assert 16 in [step for tag, step, _ in events
+                if tag == 'progress/images_done']
+
+
+def test_model_fn_builds_the_model_in_the_asked_precision(trained_workdir):
+  """A model of one's own goes through the real evaluation; it is built
+  from the run's config with the evaluation's precision."""
+  built = []
+
+  def model_fn(config):
+    built.append(config.precision)
+    return config_lib.build_model(config)
+
+  eval_config = lambda precision: evaluation.EvalConfig(
+      num_samples=4, num_examples=8, precision=precision)
+  half = evaluation.evaluate_run(trained_workdir,
+                                 eval_config('mixed_bfloat16'), model_fn)
+  full = evaluation.evaluate_run(trained_workdir, eval_config('float32'),
+                                 model_fn)
+  assert built == ['mixed_bfloat16', 'float32']
+  assert (half['precision'], full['precision']) == ('mixed_bfloat16',
+                                                    'float32')
+  # Same weights and draws: bf16 rounding only, but not nothing.
+  assert 0 < abs(half['nll'] - full['nll']) < 0.5
 
 
 def test_evaluate_binary_errors(tmp_path):
