@@ -46,6 +46,7 @@ import tensorflow as tf
 
 from elbo import config as config_lib
 from elbo import data
+from elbo import diagnostics
 from elbo import distribute
 from elbo import losses
 from elbo import models
@@ -60,6 +61,10 @@ _Values = Dict[str, np.ndarray]
 ModelFn = Callable[[config_lib.Config], models.VAE]
 # Seconds between progress lines (and scalars) between saves.
 _LOG_EVERY_SECONDS = 60.0
+# The latent diagnostics: on the first test images (I(x; z) costs N^2
+# densities), with their own draws.
+_NUM_DIAGNOSTIC_IMAGES = 1000
+_DIAGNOSTIC_STREAM = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -672,6 +677,10 @@ def evaluate_run(workdir: str, eval_config: EvalConfig,
   per_example = {n: np.concatenate([known[c][n] for c in calls])
                  for n in _PER_EXAMPLE}
   summary = _summary(per_example)
+  # Active units, I(x; z), KL per dimension (elbo.diagnostics).
+  latent = diagnostics.diagnostics_summary(
+      model, tf.constant(binary[:_NUM_DIAGNOSTIC_IMAGES]),
+      tf.constant([eval_config.seed, _DIAGNOSTIC_STREAM], tf.int32))
   result = {
       'workdir': workdir, 'step': step, 'num_samples': k,
       'num_examples': len(binary), 'dataset': config.dataset,
@@ -679,6 +688,8 @@ def evaluate_run(workdir: str, eval_config: EvalConfig,
       'neg_elbo': -summary['elbo']['mean'],
       'nll': -summary['log_likelihood']['mean'],
       **summary,
+      'latent': {name: v.tolist() if isinstance(v, np.ndarray) else v
+                 for name, v in latent.items()},
   }
   with open(os.path.join(workdir, name + '.json'), 'w') as f:
     json.dump(result, f, indent=2)
@@ -688,5 +699,5 @@ def evaluate_run(workdir: str, eval_config: EvalConfig,
     tf.summary.scalar('reconstruction', summary['reconstruction']['mean'])
     tf.summary.scalar('kl', summary['kl']['mean'])
     tf.summary.scalar(f'nll/k{k}', result['nll'])
-  writer.flush()
+  diagnostics.write_summaries(writer, step, latent)  # Flushes.
   return result

@@ -213,6 +213,12 @@ def test_evaluate_binary_end_to_end(trained_workdir):
           'progress/hours_left'} <= tags
   assert 16 in [step for tag, step, _ in events
                 if tag == 'progress/images_done']
+  # The latent diagnostics of the same 16 images: in the JSON and in eval/.
+  latent = saved['latent']
+  assert 0 <= latent['active_units'] <= 16
+  assert len(latent['kl_per_dimension']) == 16
+  assert 0 <= latent['mutual_information'] <= np.log(16) + 1e-6
+  assert {'latent/active_units', 'latent/mutual_information'} <= tags
 
 
 def test_model_fn_builds_the_model_in_the_asked_precision(trained_workdir):
