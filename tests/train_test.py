@@ -262,3 +262,22 @@ def test_xla_loop_agrees_with_the_default_loop(data_dir):
 
   assert cosine(gradient, gradient_xla) > 0.9999
   assert cosine(gradient[:encoder_size], gradient_xla[:encoder_size]) > 0.98
+
+
+def test_a_resumed_run_trains_at_its_new_constant_learning_rate(data_dir,
+                                                                tmp_path):
+  """Keras checkpoints a constant learning rate (a variable); the loop sets
+  the config's again after the restore, so a changed --learning_rate
+  takes effect."""
+  workdir = str(tmp_path)
+  settings = dict(model='iwae_mlp', data_dir=data_dir, batch_size=32,
+                  log_every=4, checkpoint_every=4, image_every=1000,
+                  eval_batch_size=1000)
+  train.train_and_evaluate(train.Config(max_steps=4, learning_rate=1e-3,
+                                        **settings), workdir)
+  train.train_and_evaluate(train.Config(max_steps=8, learning_rate=5e-4,
+                                        **settings), workdir)
+  logged = {step: value for tag, step, value in
+            conftest.read_events(os.path.join(workdir, 'train'))
+            if tag == 'learning_rate'}
+  np.testing.assert_allclose([logged[4], logged[8]], [1e-3, 5e-4], rtol=1e-6)
