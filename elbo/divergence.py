@@ -88,8 +88,11 @@ class DivergenceGuard(tf.Module):
 
     def remember():
       slot = self.seen % self.window
-      self.objectives.scatter_nd_update([[slot]], [objective])
-      self.log_norms.scatter_nd_update([[slot]], [log_norm])
+      # assign, not scatter_nd_update: mirrored variables have only assign.
+      self.objectives.assign(tf.tensor_scatter_nd_update(
+          self.objectives, [[slot]], [objective]))
+      self.log_norms.assign(tf.tensor_scatter_nd_update(
+          self.log_norms, [[slot]], [log_norm]))
       self.seen.assign_add(1)
       return tf.constant(0)
 

@@ -149,8 +149,11 @@ def test_two_workers_on_localhost_train_together(data_dir, tmp_path):
   # One events file at the top: the HParams entry.
   assert len([name for name in listing if name.startswith('events.out.')]) == 1
   assert [name for name in listing if not name.startswith('events.out.')] == [
-      '.lock', 'checkpoints', 'config.json', 'prior_samples.png',
-      'reconstructions.png', 'run_history.json', 'test', 'train']
+      '.lock', 'checkpoints', 'config.json', 'interpolations.png',
+      'kl_per_dimension.png', 'latent_pca.png', 'prior_samples.png',
+      'prior_samples_8x8.png', 'reconstructions.png',
+      'reconstructions_8x8.png', 'run_history.json', 'test', 'train',
+      'traversals.png']
   assert len(os.listdir(os.path.join(workdir, 'train'))) == 1
   steps = sorted({step for tag, step, _ in conftest.read_events(
       os.path.join(workdir, 'train')) if tag == 'elbo'})
