@@ -574,19 +574,24 @@ class _Trainer:
     self.epoch_sums.assign(tf.zeros_like(self.epoch_sums))
     # Not collective: only the chief evaluates; the others wait at the
     # next step's all-reduce.
-    self.test_metrics = (evaluate(self.eval_step, self.test_batches,
-                                  self.config.seed) if self.chief else {})
+    if self.chief:
+      self.evaluate_test(step)
     _write_scalars(self.train_writer, step,
                    {f'epoch/{k}': v for k, v in epoch_metrics.items()})
-    _write_scalars(self.test_writer, step, self.test_metrics)
-    if self.chief:  # Active units, I(x; z), KL per dimension: test/latent/.
-      diagnostics.write_summaries(self.test_writer, step,
-                                  diagnostics.diagnostics_summary(
-                                      self.model, self.diagnostic_images,
-                                      self.diagnostic_seed))
     logging.info('Epoch %d (step %d): train %s; test %s',
                  step // self.steps_per_epoch, step, _format(epoch_metrics),
                  _format(self.test_metrics))
+
+  def evaluate_test(self, step: int) -> None:
+    """The test-set ELBO terms, and the latent diagnostics (active units,
+    I(x; z), KL per dimension) under test/latent/."""
+    self.test_metrics = evaluate(self.eval_step, self.test_batches,
+                                 self.config.seed)
+    _write_scalars(self.test_writer, step, self.test_metrics)
+    diagnostics.write_summaries(self.test_writer, step,
+                                diagnostics.diagnostics_summary(
+                                    self.model, self.diagnostic_images,
+                                    self.diagnostic_seed))
 
   def save(self, step: int) -> None:
     self.guard.check()
@@ -709,9 +714,7 @@ class _Trainer:
     if not self.chief:
       return {'train': self.train_metrics, 'test': {}}
     if not self.test_metrics:
-      self.test_metrics = evaluate(self.eval_step, self.test_batches,
-                                   self.config.seed)
-      _write_scalars(self.test_writer, self.step, self.test_metrics)
+      self.evaluate_test(self.step)
     final_pictures = self.pictures()
     if self.images_written_at != self.step:
       images.write_image_summaries(self.train_writer, self.step,
