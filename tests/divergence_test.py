@@ -7,7 +7,6 @@ past it, so one recovery carries the run through; corrupting every batch
 from that step on exhausts the recoveries.
 """
 
-import json
 import os
 
 import numpy as np
