@@ -54,7 +54,7 @@ def make_manager(workdir: str, max_to_keep: int,
       max_to_keep=max_to_keep, checkpoint_name=_NAME)
 
 
-def _detail(error: BaseException, limit: int = 300) -> str:
+def _detail(error: object, limit: int = 300) -> str:
   """The error's message on one line, without TF's op decorations."""
   text = re.sub(r'\{\{function_node [^}]*\}\}|\[Op:\w+\]', '', str(error))
   return ' '.join(text.split())[:limit]
@@ -90,17 +90,21 @@ def _candidates(directory: str) -> List[str]:
 def _read_error(path: str) -> Optional[str]:
   """None if every tensor of checkpoint `path` reads (sizes and checksums
   check out), else what failed, naming the file (in the same directory)."""
+  # TF's messages name files by their full paths: without the directory,
+  # the file names survive the cut to 200 characters however deep it is.
+  detail = lambda e: _detail(
+      str(e).replace(os.path.dirname(path) + os.sep, ''), 200)
   try:
     reader = tf.train.load_checkpoint(path)
   except (tf.errors.OpError, IndexError, ValueError) as e:
-    return f'{os.path.basename(path)}.index: {_detail(e, 200)}'
+    return f'{os.path.basename(path)}.index: {detail(e)}'
   try:
     for name in reader.get_variable_to_dtype_map():
       reader.get_tensor(name)
   except (tf.errors.OpError, IndexError, ValueError) as e:
     data_files = sorted(tf.io.gfile.glob(path + '.data-*'))
     names = ', '.join(map(os.path.basename, data_files))
-    return f'{names or os.path.basename(path)}: {_detail(e, 200)}'
+    return f'{names or os.path.basename(path)}: {detail(e)}'
   return None
 
 
