@@ -76,6 +76,19 @@ def data_dir(tmp_path_factory) -> str:
   return make_fake_datasets(str(tmp_path_factory.mktemp('datasets')))
 
 
+def write_untrained_run(workdir: str, config) -> None:
+  """A seed-0 untrained model of `config` saved as a run would be:
+  config.json and checkpoints/ckpt-1."""
+  import keras  # pylint: disable=g-import-not-at-top
+  from elbo import config as config_lib  # pylint: disable=g-import-not-at-top
+  keras.utils.set_random_seed(0)
+  model = config_lib.build_model(config)
+  os.makedirs(workdir)
+  config_lib.save(workdir, config)
+  tf.train.Checkpoint(model=model).save(
+      os.path.join(workdir, 'checkpoints', 'ckpt'))
+
+
 def binary_command(*flags: str, binary: str = 'train'):
   """argv and environment to run experiments/{binary}.py from the working
   tree."""

@@ -6,7 +6,6 @@ import subprocess
 import sys
 import textwrap
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -47,13 +46,8 @@ _LOADER = textwrap.dedent('''
 def _write_run(workdir: str, prior: str) -> None:
   """An untrained model saved as a run would be: config.json and
   checkpoints/ckpt-1."""
-  config = config_lib.Config(prior=prior, prior_components=3, kl='mc')
-  keras.utils.set_random_seed(0)
-  model = config_lib.build_model(config)
-  os.makedirs(workdir)
-  config_lib.save(workdir, config)
-  tf.train.Checkpoint(model=model).save(
-      os.path.join(workdir, 'checkpoints', 'ckpt'))
+  conftest.write_untrained_run(
+      workdir, config_lib.Config(prior=prior, prior_components=3, kl='mc'))
 
 
 @pytest.mark.parametrize('prior', ['normal', 'mixture'])

@@ -4,7 +4,6 @@ diagnostics.json."""
 import json
 import os
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -17,13 +16,7 @@ _NAMES = ('interpolations', 'traversals', 'latent_pca', 'kl_per_dimension',
 
 def test_writes_figures_and_diagnostics(tmp_path, data_dir):
   workdir = str(tmp_path / 'run')
-  config = config_lib.Config(data_dir=data_dir)
-  keras.utils.set_random_seed(0)
-  model = config_lib.build_model(config)
-  os.makedirs(workdir)
-  config_lib.save(workdir, config)
-  tf.train.Checkpoint(model=model).save(
-      os.path.join(workdir, 'checkpoints', 'ckpt'))
+  conftest.write_untrained_run(workdir, config_lib.Config(data_dir=data_dir))
 
   result = conftest.run_binary(f'--workdir={workdir}', '--num_examples=100',
                                '--diagnostic_examples=50', binary='figures')
