@@ -8,8 +8,10 @@ the save (a full disk or an interrupted copy cuts them short), and a save can
 fail (disk full, no permission):
 
 - `restore_latest` resumes from the newest checkpoint that reads, with a
-  warning naming the ones that do not; it never starts silently from step 0
-  while checkpoints exist (`CheckpointReadError` when none reads). A
+  warning naming the ones that do not (`restore_newest_readable` does the
+  same for some of the saved objects, say the model to evaluate); it never
+  starts silently from step 0 while checkpoints exist
+  (`CheckpointReadError` when none reads). A
   checkpoint that reads but holds another architecture stops it
   (`CheckpointMismatchError`) without trying older ones: they come from the
   same flags, and skipping a good checkpoint would throw its steps away.
@@ -25,7 +27,8 @@ from absl import logging
 import tensorflow as tf
 
 __all__ = ['CheckpointError', 'CheckpointMismatchError', 'CheckpointReadError',
-           'CheckpointSaveError', 'make_manager', 'restore_latest', 'save']
+           'CheckpointSaveError', 'make_manager', 'restore_latest',
+           'restore_newest_readable', 'save']
 
 _NAME = 'ckpt'  # Checkpoints are `<directory>/ckpt-<step>.{index,data-*}`.
 
@@ -114,8 +117,7 @@ def restore_latest(manager: tf.train.CheckpointManager,
 
   Every saved value must find its object and every object its value, so
   the restore that succeeds overwrites all of them, including any that an
-  unreadable checkpoint tried before may have set. Checkpoints that cannot
-  be read are skipped with a warning and left where they are.
+  unreadable checkpoint tried before may have set.
 
   Args:
     manager: from `make_manager`; its objects receive the values.
@@ -126,15 +128,43 @@ def restore_latest(manager: tf.train.CheckpointManager,
     The restored checkpoint's path, or None when there is none.
 
   Raises:
+    As `restore_newest_readable`.
+  """
+  return restore_newest_readable(manager.checkpoint,
+                                 directory or manager.directory)
+
+
+def restore_newest_readable(checkpoint: tf.train.Checkpoint, directory: str,
+                            *, partial: bool = False) -> Optional[str]:
+  """Restores the newest checkpoint in `directory` that reads.
+
+  Checkpoints that cannot be read are skipped with a warning and left where
+  they are.
+
+  Args:
+    checkpoint: the objects to receive the values.
+    directory: where the checkpoints are.
+    partial: `checkpoint` holds only some of the saved objects (the model
+      of a training checkpoint, to evaluate it): saved values without an
+      object are ignored; every object must still receive its values.
+      Default value: `False`, every saved value must find its object too.
+
+  Returns:
+    The restored checkpoint's path, or None when there is none.
+
+  Raises:
     CheckpointMismatchError: a readable checkpoint holds another
       architecture (older ones are not tried).
     CheckpointReadError: there are checkpoints, but none can be read.
   """
-  directory = directory or manager.directory
   unreadable = []
   for path in _candidates(directory):
     try:
-      manager.checkpoint.restore(path).assert_consumed()
+      status = checkpoint.restore(path)
+      if partial:
+        status.expect_partial().assert_existing_objects_matched()
+      else:
+        status.assert_consumed()
     except (AssertionError, IndexError, ValueError, tf.errors.OpError) as e:
       problem = _read_error(path)
       if problem is None:
@@ -145,8 +175,8 @@ def restore_latest(manager: tf.train.CheckpointManager,
       unreadable.append(problem)
       continue
     if unreadable:
-      logging.warning('Skipped unreadable checkpoints in %s (%s); resuming '
-                      'from %s.', directory, '; '.join(unreadable), path)
+      logging.warning('Skipped unreadable checkpoints in %s (%s); using '
+                      '%s.', directory, '; '.join(unreadable), path)
     logging.info('Restored %s.', path)
     return path
   if unreadable:

@@ -44,6 +44,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from elbo import checkpoints
 from elbo import config as config_lib
 from elbo import data
 from elbo import diagnostics
@@ -51,7 +52,7 @@ from elbo import distribute
 from elbo import losses
 from elbo import models
 
-__all__ = ['EvalConfig', 'WorkerLostError', 'evaluate_run',
+__all__ = ['EvalConfig', 'USER_ERRORS', 'WorkerLostError', 'evaluate_run',
            'importance_sampled_terms', 'restore_model']
 
 _PER_EXAMPLE = ('reconstruction', 'kl', 'elbo', 'log_likelihood')
@@ -99,6 +100,12 @@ class WorkerLostError(RuntimeError):
   """Another worker stopped before its share was saved: run all again."""
 
 
+# What a binary that restores a run reports as one line (`Error: ...`).
+USER_ERRORS = (FileNotFoundError, checkpoints.CheckpointError,
+               config_lib.ConfigError, data.DataError,
+               distribute.StrategyError, WorkerLostError)
+
+
 def restore_model(workdir: str, precision: str = 'float32',
                   model_fn: Optional[ModelFn] = None, **config_overrides):
   """Rebuilds a run's model from its config.json and latest checkpoint.
@@ -121,17 +128,20 @@ def restore_model(workdir: str, precision: str = 'float32',
 
   Raises:
     FileNotFoundError: no config.json or no checkpoint.
+    checkpoints.CheckpointError: no checkpoint reads, or the newest that
+      reads holds another model (unreadable newer ones are skipped with a
+      warning, as when training resumes).
   """
   config = dataclasses.replace(config_lib.load(workdir, **config_overrides),
                                precision=precision)
   model = (model_fn or config_lib.build_model)(config)
-  path = tf.train.latest_checkpoint(os.path.join(workdir, 'checkpoints'))
+  # Only the model: the optimizer and metric sums in the file are not needed.
+  path = checkpoints.restore_newest_readable(
+      tf.train.Checkpoint(model=model), os.path.join(workdir, 'checkpoints'),
+      partial=True)
   if path is None:
     raise FileNotFoundError(f'{workdir}/checkpoints: no checkpoint to '
                             'evaluate.')
-  # Only the model: the optimizer and metric sums in the file are not needed.
-  tf.train.Checkpoint(model=model).restore(
-      path).expect_partial().assert_existing_objects_matched()
   return model, config, int(path.rsplit('-', 1)[1])
 
 

@@ -27,7 +27,6 @@ from absl import flags
 from absl import logging
 
 from elbo import config as config_lib
-from elbo import data
 from elbo import distribute
 from elbo import evaluation
 from elbo import flag_utils
@@ -62,8 +61,7 @@ def main(argv):
                                                      argv)
   try:
     result = evaluation.evaluate_run(_WORKDIR.value, eval_config)
-  except (FileNotFoundError, data.DataError, config_lib.ConfigError,
-          distribute.StrategyError, evaluation.WorkerLostError) as e:
+  except evaluation.USER_ERRORS as e:
     sys.exit(f'Error: {e}')
   if result is None:
     logging.info('This worker\'s share is saved; the chief writes the '

@@ -24,7 +24,6 @@ import sys
 from absl import app
 from absl import flags
 
-from elbo import config as config_lib
 from elbo import evaluation
 from elbo import export
 
@@ -44,7 +43,7 @@ def main(argv):
     # No data is read: the run's data_dir need not exist here.
     model, _, step = evaluation.restore_model(_WORKDIR.value, data_dir=None)
     export.export(model, export_dir)
-  except (FileNotFoundError, config_lib.ConfigError, export.ExportError) as e:
+  except (*evaluation.USER_ERRORS, export.ExportError) as e:
     sys.exit(f'Error: {e}')
   print(f'Exported step {step} to {export_dir}')
 

@@ -22,7 +22,6 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from elbo import config as config_lib
 from elbo import data
 from elbo import diagnostics
 from elbo import evaluation
@@ -52,7 +51,7 @@ def main(argv):
   try:
     model, config, step = evaluation.restore_model(workdir, **overrides)
     test_images = data.load_images(config.dataset, 'test', config.data_dir)
-  except (FileNotFoundError, data.DataError, config_lib.ConfigError) as e:
+  except evaluation.USER_ERRORS as e:
     sys.exit(f'Error: {e}')
   # Binarized once with the evaluation's fixed seed.
   binary = np.concatenate(list(data.eval_batches(test_images, 10_000)))

@@ -94,7 +94,7 @@ def test_unreadable_newest_resumes_from_the_previous_one(run, caplog, damage,
   warnings = [r.getMessage() for r in caplog.records
               if r.levelno == logging.WARNING]
   assert len(warnings) == 1 and bad_file in warnings[0], warnings
-  assert 'resuming from ' + path in warnings[0]
+  assert 'using ' + path in warnings[0]
 
 
 def test_two_unreadable_resume_from_the_oldest(run, caplog):
@@ -155,6 +155,24 @@ def test_restores_from_another_directory(run, tmp_path):
   assert path == os.path.join(run.directory, 'ckpt-2')
   np.testing.assert_array_equal(worker.a.numpy(), np.full([_SIZE], 2.))
   assert not os.path.exists(worker.directory)
+
+
+def test_partial_restore_skips_unreadable_and_ignores_other_objects(run):
+  """As `evaluation.restore_model` restores only the model of a training
+  checkpoint: `w` stays as it is, `a` comes from the newest that reads."""
+  _flip_a_byte(run.file(3))
+  a = tf.Variable(tf.zeros([_SIZE]))
+  path = checkpoints.restore_newest_readable(
+      tf.train.Checkpoint(a=a), run.directory, partial=True)
+  assert path == os.path.join(run.directory, 'ckpt-2')
+  np.testing.assert_array_equal(a.numpy(), np.full([_SIZE], 2.))
+  with pytest.raises(checkpoints.CheckpointMismatchError):  # `a` only.
+    checkpoints.restore_newest_readable(tf.train.Checkpoint(a=a),
+                                        run.directory)
+  missing = tf.Variable(0.)  # An object the checkpoints do not hold.
+  with pytest.raises(checkpoints.CheckpointMismatchError):
+    checkpoints.restore_newest_readable(
+        tf.train.Checkpoint(a=a, other=missing), run.directory, partial=True)
 
 
 def _file_size_limit(limit):

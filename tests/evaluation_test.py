@@ -1,5 +1,6 @@
 """Tests of elbo.evaluation and the evaluate binary."""
 
+import glob
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from elbo import checkpoints
 from elbo import config as config_lib
 from elbo import evaluation
 from elbo import train
@@ -159,13 +161,7 @@ def test_more_samples_reuse_the_draws_of_fewer(trained_workdir, tmp_path, kl,
   """k = 9 after k = 5 draws only the 4 new samples of each whole call of
   the k = 5 evaluation (chunks of 2: the third is split), and gives what
   k = 9 gives alone."""
-  workdir = str(tmp_path / 'run')
-  shutil.copytree(trained_workdir, workdir,
-                  ignore=shutil.ignore_patterns('evaluation_*'))
-  with open(os.path.join(workdir, 'config.json')) as f:
-    config = json.load(f)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    json.dump({**config, 'kl': kl}, f)
+  workdir = conftest.copy_run(trained_workdir, str(tmp_path / 'run'), kl=kl)
   eval_config = lambda k, n: evaluation.EvalConfig(
       num_samples=k, num_examples=n, examples_per_call=4,
       decoder_passes_per_call=8)
@@ -250,3 +246,18 @@ def test_evaluate_binary_errors(tmp_path):
   result = conftest.run_binary('--workdir', str(tmp_path), '--num_samples=0',
                                binary='evaluate')
   assert 'num_samples must be >= 1' in result.stderr
+
+
+def test_an_unreadable_checkpoint_is_a_one_line_error(trained_workdir,
+                                                      tmp_path):
+  """Not a traceback from TF's reader (the newest readable one would be
+  used: tests/checkpoints_test.py)."""
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(trained_workdir, workdir)
+  (data_file,) = glob.glob(os.path.join(workdir, 'checkpoints', '*.data-*'))
+  with open(data_file, 'r+b') as f:
+    f.truncate(os.path.getsize(data_file) // 2)
+  with pytest.raises(checkpoints.CheckpointReadError) as raised:
+    evaluation.restore_model(workdir)
+  assert '\n' not in str(raised.value)
+  assert 'ckpt-5.data-00000-of-00001: Read less bytes' in str(raised.value)
