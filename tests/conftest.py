@@ -3,7 +3,10 @@ otherwise small generated files in the same standard formats."""
 
 import glob
 import gzip
+import json
 import os
+import shutil
+import socket
 import struct
 import subprocess
 import sys
@@ -102,6 +105,44 @@ def run_binary(*flags: str, binary: str = 'train'
   argv, env = binary_command(*flags, binary=binary)
   return subprocess.run(argv, env=env, capture_output=True, text=True,
                         timeout=600)
+
+
+def copy_run(source: str, destination: str, **config_changes) -> str:
+  """A copy of a run's workdir (without its evaluation results), with
+  `config_changes` written into its config.json."""
+  shutil.copytree(source, destination,
+                  ignore=shutil.ignore_patterns('evaluation_*'))
+  path = os.path.join(destination, 'config.json')
+  with open(path) as f:
+    config = json.load(f)
+  with open(path, 'w') as f:
+    json.dump({**config, **config_changes}, f)
+  return destination
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def cluster_env(env: dict, workers: list, index: int) -> dict:
+  """`env` with the TF_CONFIG of worker `index` of `workers`."""
+  return dict(env, TF_CONFIG=json.dumps({
+      'cluster': {'worker': workers},
+      'task': {'type': 'worker', 'index': index}}))
+
+
+def start_workers(*flags: str, binary: str = 'train', count: int = 2
+                  ) -> list:
+  """`count` processes of experiments/{binary}.py, the workers of one
+  cluster on localhost (worker 0 is the chief); stderr is piped."""
+  workers = [f'127.0.0.1:{free_port()}' for _ in range(count)]
+  argv, env = binary_command(*flags, binary=binary)
+  return [subprocess.Popen(argv, env=cluster_env(env, workers, index),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True)
+          for index in range(count)]
 
 
 def read_events(directory: str):

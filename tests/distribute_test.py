@@ -8,7 +8,6 @@ must be configured before TensorFlow initializes, once per process.
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -117,24 +116,15 @@ _WORKER = textwrap.dedent('''
 ''')
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
 def test_two_workers_on_localhost_train_together(data_dir, tmp_path):
-  workers = [f'127.0.0.1:{_free_port()}' for _ in range(2)]
+  workers = [f'127.0.0.1:{conftest.free_port()}' for _ in range(2)]
   workdir = str(tmp_path / 'run')
-  processes = []
-  for index in range(2):
-    env = dict(os.environ, TF_CONFIG=json.dumps({
-        'cluster': {'worker': workers},
-        'task': {'type': 'worker', 'index': index}}))
-    env.update(PYTHONPATH=conftest.REPO_ROOT, TF_CPP_MIN_LOG_LEVEL='2')
-    processes.append(subprocess.Popen(
-        [sys.executable, '-c', _WORKER, data_dir, workdir], env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  env = dict(os.environ, PYTHONPATH=conftest.REPO_ROOT,
+             TF_CPP_MIN_LOG_LEVEL='2')
+  processes = [subprocess.Popen(
+      [sys.executable, '-c', _WORKER, data_dir, workdir],
+      env=conftest.cluster_env(env, workers, index), stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for index in range(2)]
   outputs = [p.communicate(timeout=600) for p in processes]
   for process, (_, stderr) in zip(processes, outputs):
     assert process.returncode == 0, stderr[-3000:]
@@ -173,21 +163,12 @@ def test_sigterm_to_one_worker_stops_both_at_the_same_step(data_dir,
                                                            tmp_path):
   """TF's PreemptionCheckpointHandler makes the workers agree on the step;
   a worker stopping alone would leave the other blocked in an all-reduce."""
-  workers = [f'127.0.0.1:{_free_port()}' for _ in range(2)]
   workdir = str(tmp_path / 'run')
-  processes = []
-  for index in range(2):
-    argv, env = conftest.binary_command(
-        '--workdir', workdir, '--data_dir', data_dir,
-        '--strategy=multiworker', '--batch_size=16', '--max_steps=2000',
-        '--log_every=2', '--checkpoint_every=1000', '--image_every=1000',
-        '--eval_batch_size=1000')
-    env['TF_CONFIG'] = json.dumps({
-        'cluster': {'worker': workers},
-        'task': {'type': 'worker', 'index': index}})
-    processes.append(subprocess.Popen(argv, env=env,
-                                      stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE, text=True))
+  processes = conftest.start_workers(
+      '--workdir', workdir, '--data_dir', data_dir,
+      '--strategy=multiworker', '--batch_size=16', '--max_steps=2000',
+      '--log_every=2', '--checkpoint_every=1000', '--image_every=1000',
+      '--eval_batch_size=1000')
   chief, worker = processes
   deadline = time.time() + 300
   while chief.poll() is None and time.time() < deadline:

@@ -8,9 +8,7 @@ collectives must be configured before TensorFlow initializes.
 
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -38,18 +36,6 @@ def trained_workdir(data_dir, tmp_path_factory):
   return workdir
 
 
-def _copy(trained_workdir: str, tmp_path, kl: str, name: str) -> str:
-  """A copy of the run, evaluated with the KL estimator `kl`."""
-  workdir = str(tmp_path / name)
-  shutil.copytree(trained_workdir, workdir,
-                  ignore=shutil.ignore_patterns('evaluation_*'))
-  with open(os.path.join(workdir, 'config.json')) as f:
-    config = json.load(f)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    json.dump({**config, 'kl': kl}, f)
-  return workdir
-
-
 def _per_image(workdir: str):
   with np.load(os.path.join(
       workdir, f'evaluation_k{_FLAGS["num_samples"]}.partial.npz')) as saved:
@@ -60,7 +46,8 @@ def _per_image(workdir: str):
 def one_process(request, trained_workdir, tmp_path_factory):
   """(kl, the run's copy, its per-image results from one process)."""
   kl = request.param
-  workdir = _copy(trained_workdir, tmp_path_factory.mktemp('ref'), kl, 'one')
+  workdir = conftest.copy_run(
+      trained_workdir, str(tmp_path_factory.mktemp('ref') / 'one'), kl=kl)
   evaluation.evaluate_run(workdir, evaluation.EvalConfig(**_FLAGS))
   return kl, workdir, _per_image(workdir)
 
@@ -89,7 +76,8 @@ _MIRRORED = textwrap.dedent('''
 
 def test_mirrored_matches_one_process(one_process, tmp_path):
   kl, reference_dir, reference = one_process
-  workdir = _copy(reference_dir, tmp_path, kl, 'mirrored')
+  workdir = conftest.copy_run(reference_dir, str(tmp_path / 'mirrored'),
+                              kl=kl)
   env = dict(os.environ, PYTHONPATH=conftest.REPO_ROOT,
              TF_CPP_MIN_LOG_LEVEL='2')
   result = subprocess.run(
@@ -101,28 +89,12 @@ def test_mirrored_matches_one_process(one_process, tmp_path):
   _assert_same(_per_image(workdir), reference)
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
 def _start_workers(workdir: str):
   """Two evaluate.py workers on localhost (worker 0 is the chief)."""
-  workers = [f'127.0.0.1:{_free_port()}' for _ in range(2)]
-  processes = []
-  for index in range(2):
-    argv, env = conftest.binary_command(
-        '--workdir', workdir, '--strategy=multiworker',
-        *[f'--{name}={value}' for name, value in _FLAGS.items()],
-        binary='evaluate')
-    env['TF_CONFIG'] = json.dumps({
-        'cluster': {'worker': workers},
-        'task': {'type': 'worker', 'index': index}})
-    processes.append(subprocess.Popen(argv, env=env,
-                                      stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE, text=True))
-  return processes
+  return conftest.start_workers(
+      '--workdir', workdir, '--strategy=multiworker',
+      *[f'--{name}={value}' for name, value in _FLAGS.items()],
+      binary='evaluate')
 
 
 def _finish(processes):
@@ -135,7 +107,7 @@ def test_two_workers_match_one_process(one_process, tmp_path):
   kl, reference_dir, reference = one_process
   if kl == 'analytic':
     pytest.skip('Covered, interrupted, by the next test.')
-  workdir = _copy(reference_dir, tmp_path, kl, 'two')
+  workdir = conftest.copy_run(reference_dir, str(tmp_path / 'two'), kl=kl)
   codes, (chief, worker) = _finish(_start_workers(workdir))
   assert codes == [0, 0], (chief + worker)[-3000:]
   _assert_same(_per_image(workdir), reference)
@@ -158,7 +130,8 @@ def test_a_killed_worker_resumes_its_share(one_process, tmp_path):
   kl, reference_dir, reference = one_process
   if kl == 'mc':
     pytest.skip('One estimator is enough for the interruption.')
-  workdir = _copy(reference_dir, tmp_path, kl, 'killed')
+  workdir = conftest.copy_run(reference_dir, str(tmp_path / 'killed'),
+                              kl=kl)
   share = os.path.join(workdir, 'evaluation_k100.worker1of2.partial.npz')
   processes = _start_workers(workdir)
   deadline = time.time() + 300

@@ -5,13 +5,11 @@ import os
 
 import keras
 import numpy as np
-import pytest
 import tensorflow as tf
 
 from elbo import config as config_lib
 from elbo import data
 from elbo import losses
-from elbo import models
 from elbo import train
 import conftest
 
