@@ -10,9 +10,10 @@ first step where both lie more than `threshold` robust standard deviations
 on the bad side (objective below, norm above). Both, because a gradient-norm
 spike alone is common early in training and harmless under Adam: with
 either one, an undisturbed 60-step run of the IWAE MLP (window 20) was
-flagged twice; a true divergence moves both by orders of magnitude. Like the NaN guard, it records in the
-compiled step and the host reads it only before logging and checkpointing,
-so no checkpoint of a diverged state is written.
+flagged twice; a true divergence moves both by orders of magnitude. Like
+the NaN guard, it records in the compiled step and the host reads it only
+before logging and checkpointing, so no checkpoint of a diverged state is
+written.
 
 The loop (`elbo.train`) then restores the newest checkpoint at least
 `rewind` steps before the bad step and applies the remedy of large-model

@@ -11,7 +11,9 @@ checkpoint holds (`SAFE_CHANGES` lists what may change), appends an entry to
 - where it ran: `elbo_version`, `git_commit` and `git_dirty` of the checkout
   the `elbo` package was imported from (None outside a git checkout),
   `hostname`, `python`, `tensorflow`, `tensorflow_probability`, `keras`,
-  `devices` and `cpu`;
+  `devices`, `cpu` (the model name), `cpu_count` and `cpu_features` (the
+  vector extensions that oneDNN picks its kernels by, e.g. `avx2` against
+  `avx512f`: runs of the same seed on CPUs with different ones drift apart);
 - kept up to date by `RunHistory.update` at every checkpoint and at the end,
   so that a killed run keeps all but its last steps: `last_step`,
   `last_time`, `wall_time` (seconds since this start), `total_wall_time`
@@ -155,6 +157,25 @@ def _cpu_model() -> Optional[str]:
   return platform.processor() or None
 
 
+# /proc/cpuinfo flags that decide which oneDNN kernels run, hence rounding.
+_VECTOR_FLAGS = ('sse4_2', 'avx', 'avx2', 'fma', 'avx_vnni', 'avx512f',
+                 'avx512bw', 'avx512_vnni', 'avx512_bf16', 'avx512_fp16',
+                 'amx_bf16', 'amx_int8')
+
+
+def _cpu_features() -> List[str]:
+  """The `_VECTOR_FLAGS` this CPU has ([] where /proc/cpuinfo is not)."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('flags'):
+          flags = set(line.split(':', 1)[1].split())
+          return [flag for flag in _VECTOR_FLAGS if flag in flags]
+  except OSError:
+    pass
+  return []
+
+
 def _devices() -> List[str]:
   """'CPU:0', 'GPU:0 NVIDIA A100-SXM4-40GB', ..."""
   names = []
@@ -181,6 +202,8 @@ def environment() -> Dict[str, Any]:
       'keras': keras.__version__,
       'devices': _devices(),
       'cpu': _cpu_model(),
+      'cpu_count': os.cpu_count(),
+      'cpu_features': _cpu_features(),
   }
 
 
@@ -342,9 +365,13 @@ def markdown(entries: List[Mapping[str, Any]]) -> str:
                         in entry.get('config_changes', {}).items())
     test = ', '.join(f'{name} {value:.2f}'
                      for name, value in (entry.get('test') or {}).items())
+    cpu = ', '.join(str(part) for part in (
+        entry.get('cpu'), entry.get('cpu_count') and
+        f'{entry["cpu_count"]} cores', ' '.join(entry.get('cpu_features', [])))
+                    if part)
     rows.append('| ' + ' | '.join(_cell(value) for value in (
         entry['start_step'], entry.get('last_step'), entry['start_time'],
         entry.get('wall_time'), commit, entry.get('hostname'),
-        ', '.join(entry.get('devices', [])) + f' ({entry.get("cpu")})',
+        ', '.join(entry.get('devices', [])) + f' ({cpu})',
         versions, changes, test)) + ' |')
   return '\n'.join(rows)

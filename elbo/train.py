@@ -49,9 +49,11 @@ from elbo import run_record
 from elbo import workdir_lock
 
 __all__ = ['Config', 'DivergenceError', 'ModelFn', 'NonFiniteError',
-           'NonFiniteGuard', 'TrainingInterrupted', 'USER_ERRORS', 'clip_by_global_norm',
-           'evaluate', 'global_gradient_norm', 'make_eval_step', 'make_train_loop', 'make_train_step',
-           'resolve_jit_compile', 'steps_to_next_event', 'train_and_evaluate']
+           'NonFiniteGuard', 'TrainingInterrupted', 'USER_ERRORS',
+           'clip_by_global_norm', 'evaluate', 'global_gradient_norm',
+           'make_eval_step', 'make_train_loop', 'make_train_step',
+           'resolve_jit_compile', 'steps_to_next_event',
+           'train_and_evaluate']
 
 Config = config_lib.Config
 ModelFn = Callable[[Config], models.Model]

@@ -4,6 +4,7 @@ import dataclasses
 import inspect
 import json
 import os
+import platform
 import subprocess
 
 import numpy as np
@@ -85,6 +86,11 @@ def test_one_entry_per_start_with_steps_wall_times_and_provenance(
       models = [line.split(':')[1].strip() for line in f
                 if line.startswith('model name')]
     assert second['cpu'] == (models[0] if models else second['cpu'])
+  assert second['cpu_count'] == os.cpu_count()
+  # This machine's vector extensions, e.g. ['sse4_2', 'avx', 'avx2', 'fma'].
+  assert set(second['cpu_features']) <= set(run_record._VECTOR_FLAGS)
+  if platform.machine() == 'x86_64' and os.path.exists('/proc/cpuinfo'):
+    assert 'avx' in second['cpu_features']  # x86-64 TF wheels need AVX.
   assert not os.path.exists(os.path.join(workdir,
                                          run_record.FILENAME + '.tmp'))
 
