@@ -13,7 +13,9 @@ checkpoint holds (`SAFE_CHANGES` lists what may change), appends an entry to
   `hostname`, `python`, `tensorflow`, `tensorflow_probability`, `keras`,
   `devices`, `cpu` (the model name), `cpu_count` and `cpu_features` (the
   vector extensions that oneDNN picks its kernels by, e.g. `avx2` against
-  `avx512f`: runs of the same seed on CPUs with different ones drift apart);
+  `avx512f`: runs of the same seed on CPUs with different ones drift apart)
+  and `numerics_env`, the environment variables set that change which
+  kernels run or how they split their sums (`_NUMERICS_ENV`);
 - kept up to date by `RunHistory.update` at every checkpoint and at the end,
   so that a killed run keeps all but its last steps: `last_step`,
   `last_time`, `wall_time` (seconds since this start), `total_wall_time`
@@ -163,6 +165,14 @@ _VECTOR_FLAGS = ('sse4_2', 'avx', 'avx2', 'fma', 'avx_vnni', 'avx512f',
                  'amx_bf16', 'amx_int8')
 
 
+# Environment variables that change kernels or their threading, hence
+# rounding (ONEDNN_MAX_CPU_ISA=AVX moved a 60-step run's test ELBO 2.8 nats).
+_NUMERICS_ENV = ('ONEDNN_MAX_CPU_ISA', 'TF_ENABLE_ONEDNN_OPTS',
+                 'TF_DETERMINISTIC_OPS', 'TF_NUM_INTRAOP_THREADS',
+                 'TF_NUM_INTEROP_THREADS', 'OMP_NUM_THREADS', 'XLA_FLAGS',
+                 'TF_XLA_FLAGS')
+
+
 def _cpu_features() -> List[str]:
   """The `_VECTOR_FLAGS` this CPU has ([] where /proc/cpuinfo is not)."""
   try:
@@ -204,6 +214,8 @@ def environment() -> Dict[str, Any]:
       'cpu': _cpu_model(),
       'cpu_count': os.cpu_count(),
       'cpu_features': _cpu_features(),
+      'numerics_env': {name: os.environ[name] for name in _NUMERICS_ENV
+                       if name in os.environ},
   }
 
 
@@ -367,8 +379,9 @@ def markdown(entries: List[Mapping[str, Any]]) -> str:
                      for name, value in (entry.get('test') or {}).items())
     cpu = ', '.join(str(part) for part in (
         entry.get('cpu'), entry.get('cpu_count') and
-        f'{entry["cpu_count"]} cores', ' '.join(entry.get('cpu_features', [])))
-                    if part)
+        f'{entry["cpu_count"]} cores', ' '.join(entry.get('cpu_features', [])),
+        ' '.join(f'{name}={value}' for name, value in
+                 entry.get('numerics_env', {}).items())) if part)
     rows.append('| ' + ' | '.join(_cell(value) for value in (
         entry['start_step'], entry.get('last_step'), entry['start_time'],
         entry.get('wall_time'), commit, entry.get('hostname'),

@@ -102,6 +102,16 @@ def _started(workdir, **fields):
   return config
 
 
+def test_the_environment_that_changes_numerics_is_recorded(monkeypatch):
+  for name in run_record._NUMERICS_ENV:
+    monkeypatch.delenv(name, raising=False)
+  monkeypatch.setenv('ONEDNN_MAX_CPU_ISA', 'AVX')
+  monkeypatch.setenv('TF_NUM_INTRAOP_THREADS', '1')
+  monkeypatch.setenv('UNRELATED', 'x')
+  assert run_record.environment()['numerics_env'] == {
+      'ONEDNN_MAX_CPU_ISA': 'AVX', 'TF_NUM_INTRAOP_THREADS': '1'}
+
+
 def test_unsafe_change_on_resume_is_refused_in_one_line(tmp_path):
   workdir = str(tmp_path)
   config = _started(workdir)
