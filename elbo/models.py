@@ -81,7 +81,7 @@ def make_encoder_network(image_shape: Sequence[int] = IMAGE_SHAPE,
   `precision` is the Keras dtype policy of the convolutions, e.g.
   'mixed_bfloat16'; the head always computes in float32.
   """
-  conv = lambda depth, kernel, strides=1, padding='same': keras.layers.Conv2D(
+  conv = lambda depth, kernel, strides=1, padding='same': Conv2D(
       depth, kernel, strides=strides, padding=padding,
       activation='leaky_relu', dtype=precision)
   return keras.Sequential([
@@ -105,9 +105,10 @@ def _add_bias(outputs: tf.Tensor, bias: tf.Tensor):
   TF's CPU kernel for the gradient of a bfloat16 bias add (BiasAddGrad)
   accumulates in bfloat16: over 256 x 28 x 28 positions the sum stalls
   (a true 600 comes out as 32), and under mixed_bfloat16 the decoder's bias
-  gradients were 40-98% off their float32 values. The encoder's Conv2D
-  layers are not affected: oneDNN fuses their bias gradient into the weight
-  gradient, in float32.
+  gradients were 40-98% off their float32 values. On CPUs with AVX-512,
+  oneDNN fuses the encoder's Conv2D bias gradient into the weight gradient,
+  in float32; on AVX2 alone (no oneDNN bfloat16 kernels) it does not, and
+  the encoder's bias gradients were 10-41% off (batch 128).
   """
 
   def gradient(upstream):
@@ -118,21 +119,36 @@ def _add_bias(outputs: tf.Tensor, bias: tf.Tensor):
   return tf.nn.bias_add(outputs, bias), gradient
 
 
-class Conv2DTranspose(keras.layers.Conv2DTranspose):
-  """keras.layers.Conv2DTranspose (same variables, same outputs) whose bias
-  gradient is right in bfloat16 (see `_add_bias`)."""
+class _BiasGradientInFloat32:
+  """For a Keras convolution: the same variables and outputs, with a bias
+  gradient that is right in bfloat16 (see `_add_bias`)."""
 
   def call(self, inputs):
     if (self.compute_dtype != 'bfloat16' or not self.use_bias or
         self.data_format != 'channels_last'):
       return super().call(inputs)
-    outputs = keras.ops.conv_transpose(
+    # A tensor, not the variable: custom gradients take tensors.
+    outputs = _add_bias(self._convolve(inputs),
+                        tf.cast(self.bias, self.compute_dtype))
+    return outputs if self.activation is None else self.activation(outputs)
+
+
+class Conv2D(_BiasGradientInFloat32, keras.layers.Conv2D):
+  """keras.layers.Conv2D, bias gradient in float32 under bfloat16."""
+
+  def _convolve(self, inputs):
+    return self.convolution_op(inputs, self.kernel)
+
+
+class Conv2DTranspose(_BiasGradientInFloat32, keras.layers.Conv2DTranspose):
+  """keras.layers.Conv2DTranspose, bias gradient in float32 under
+  bfloat16."""
+
+  def _convolve(self, inputs):
+    return keras.ops.conv_transpose(
         inputs, self.kernel, strides=list(self.strides), padding=self.padding,
         output_padding=self.output_padding, dilation_rate=self.dilation_rate,
         data_format=self.data_format)
-    # A tensor, not the variable: custom gradients take tensors.
-    outputs = _add_bias(outputs, tf.cast(self.bias, self.compute_dtype))
-    return outputs if self.activation is None else self.activation(outputs)
 
 
 def make_decoder_network(image_shape: Sequence[int] = IMAGE_SHAPE,

@@ -91,12 +91,16 @@ def test_mixed_bfloat16_computes_convolutions_in_bfloat16():
 
 
 def test_mixed_bfloat16_gradients_match_float32():
-  """Same weights, batch and latent draws: every parameter's gradient in
-  mixed_bfloat16 is within 10% (relative L2) of float32's. Without
-  `models.Conv2DTranspose`, TF sums the decoder's bias gradients in
-  bfloat16 and they were 40-98% off (measured at batch 256); with it, at
-  most 0.7%, and at most 6% for any parameter (the first decoder layer's
-  kernel, whose input, the latent, is rounded to bfloat16)."""
+  """Same weights, batch and latent draws: every bias gradient in
+  mixed_bfloat16 is within 3% (relative L2) of float32's, every kernel
+  gradient within 15%. TF sums a bfloat16 bias gradient in bfloat16; without
+  `models.Conv2DTranspose` the decoder's were 40-98% off (batch 256), and
+  without `models.Conv2D`, on a CPU without AVX-512 (no oneDNN bfloat16
+  kernels), the encoder's were 10-41% off (batch 128); with both, at most
+  1.2%. The kernels are 1-2% off but for the first decoder layer's: 6%
+  (AVX-512) to 11% (AVX2), the same with that layer in float32, so it is
+  the rounding of the gradient from the layers above, summed over the batch
+  against latents of both signs."""
   rng = np.random.default_rng(0)
   batch = tf.constant(rng.random((128, 28, 28, 1)) < 0.2, tf.float32)
   gradients = {}
@@ -119,4 +123,6 @@ def test_mixed_bfloat16_gradients_match_float32():
   errors = {name: np.linalg.norm(a - b) / np.linalg.norm(a) for name, a, b in
             zip(names, gradients['float32'], gradients['mixed_bfloat16'])}
   print({name: round(float(e), 4) for name, e in errors.items()})
-  assert max(errors.values()) < 0.1, errors
+  biases = {name: e for name, e in errors.items() if name.endswith('bias')}
+  assert len(biases) == 13 and max(biases.values()) < 0.03, errors
+  assert max(errors.values()) < 0.15, errors
