@@ -21,6 +21,13 @@ from elbo import evaluation
 from elbo import train
 import conftest
 
+
+@pytest.fixture(scope='module')
+def data_dir(generated_data_dir):
+  """Mechanics, not learning: the small generated files (conftest)."""
+  return generated_data_dir
+
+
 # 10 calls of 4 images, the last one of 2; 2 chunks of 50 samples each.
 _FLAGS = {'num_samples': 100, 'num_examples': 38, 'examples_per_call': 4,
           'decoder_passes_per_call': 200, 'save_every': 4}
@@ -31,7 +38,8 @@ _TERMS = ('reconstruction', 'kl', 'elbo', 'log_likelihood')
 def trained_workdir(data_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('run'))
   train.train_and_evaluate(
-      train.Config(data_dir=data_dir, batch_size=32, max_steps=5,
+      train.Config(model='iwae_mlp', data_dir=data_dir, batch_size=32,
+                   max_steps=5,
                    image_every=1000), workdir)
   return workdir
 

@@ -16,6 +16,13 @@ from elbo import evaluation
 from elbo import train
 import conftest
 
+
+@pytest.fixture(scope='module')
+def data_dir(generated_data_dir):
+  """Mechanics, not learning: the small generated files (conftest)."""
+  return generated_data_dir
+
+
 tfd = tfp.distributions
 
 

@@ -5,10 +5,18 @@ import json
 import os
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from elbo import config as config_lib
 import conftest
+
+
+@pytest.fixture(scope='module')
+def data_dir(generated_data_dir):
+  """Mechanics, not learning: the small generated files (conftest)."""
+  return generated_data_dir
+
 
 _NAMES = ('interpolations', 'traversals', 'latent_pca', 'kl_per_dimension',
           'reconstructions_8x8', 'prior_samples_8x8')

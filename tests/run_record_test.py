@@ -16,6 +16,13 @@ from elbo import run_record
 from elbo import train
 import conftest
 
+
+@pytest.fixture(scope='module')
+def data_dir(generated_data_dir):
+  """Mechanics, not learning: the small generated files (conftest)."""
+  return generated_data_dir
+
+
 # The end-to-end tests need elbo.train to call run_record (start after the
 # restore, update at each checkpoint and at the end).
 _WIRED = ('allow_config_changes' in

@@ -5,6 +5,7 @@ import os
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from elbo import config as config_lib
@@ -16,9 +17,16 @@ import conftest
 _BLOG_START = 784 * np.log(2)  # -ELBO of a decoder that outputs p = 0.5.
 
 
-def test_binary_trains_logs_and_resumes(data_dir, tmp_path):
+def test_binary_trains_logs_and_resumes(generated_data_dir, tmp_path):
+  """What the binary writes, with the small `iwae_mlp` model on the small
+  generated files: with the blog's model on real MNIST (two test
+  evaluations and latent figures of 10,000 images) the test took 4 minutes
+  on a 2-core AVX2 CPU, 42 s like this. The blog's binary runs in
+  train_smoke_test; learning on real MNIST is asserted in the bf16 test."""
+  data_dir = generated_data_dir
   workdir = str(tmp_path / 'run')
-  common = ['--workdir', workdir, '--data_dir', data_dir, '--batch_size=64',
+  common = ['--workdir', workdir, '--data_dir', data_dir, '--model=iwae_mlp',
+            '--batch_size=64',
             '--log_every=10', '--image_every=20', '--checkpoint_every=20',
             '--eval_batch_size=1000']
   first = conftest.run_binary(*common, '--max_steps=40')
@@ -50,7 +58,7 @@ def test_binary_trains_logs_and_resumes(data_dir, tmp_path):
       'elbo', 'reconstruction', 'kl', 'latent/active_units',
       'latent/mutual_information', 'latent/total_correlation',
       'latent/kl_per_dimension', 'latent/kl_per_dimension_sorted'}
-  assert 0 <= test_scalars['latent/active_units'] <= 16
+  assert 0 <= test_scalars['latent/active_units'] <= 50
   np.testing.assert_allclose(
       test_scalars['elbo'],
       test_scalars['reconstruction'] - test_scalars['kl'], rtol=1e-5)
@@ -161,15 +169,17 @@ def test_mixed_bfloat16_evaluates_within_a_nat_of_float32(data_dir):
     elbo[precision] = eval_step(test_batch, tf.constant([0, 0]))[0] / 100
   print('test ELBO of the same weights:', elbo)
   assert abs(elbo['mixed_bfloat16'] - elbo['float32']) < 1.0
+  # Learning on real MNIST (generated blobs where it is absent): 30 steps
+  # take the test -ELBO from 543 nats to 371 (measured).
+  assert -elbo['float32'] < 0.75 * _BLOG_START
 
 
-def _reference_training(config, images, num_steps):
+def _reference_training(config, images, num_steps, optimizer):
   """Our training steps written out plainly: eager, one device, no XLA,
   no guard, one Python call per step. Returns the sums over the steps of
   the batch-mean [elbo, reconstruction, kl] and the final weights."""
   keras.utils.set_random_seed(0)
   model = config_lib.build_model(config)
-  optimizer = keras.optimizers.Adam(config.learning_rate)
   latent_seed = tf.constant([config.seed, 1], tf.int32)  # The latent stream.
   sums = np.zeros(3)
   for step in range(num_steps):
@@ -206,22 +216,33 @@ def _distance(weights, other_weights):
                      for w, o in zip(weights, other_weights)))
 
 
-def test_fast_training_loop_matches_a_plain_reference(data_dir):
+@pytest.mark.parametrize('optimizer', ['sgd', 'adam'])
+def test_fast_training_loop_matches_a_plain_reference(data_dir, optimizer):
   """Batches made in the graph, several steps per call, the guard: the
-  same losses and weights as the plain loop, up to float rounding."""
+  same losses and weights as the plain loop, up to float rounding.
+
+  The weights are compared after SGD, whose update is proportional to the
+  gradient. Adam's first steps are about lr * sign(gradient): a weight
+  whose gradient is near zero moves +-lr on rounding alone (measured on
+  the generated blobs: 6.5e-4 of the distance moved, against 6e-8 under
+  SGD), so under Adam only the losses are compared."""
   images = data.load_images('mnist', 'test', data_dir)
   config = train.Config(batch_size=32)
-  reference_sums, reference_weights = _reference_training(config, images, 4)
+  make_optimizer = {'sgd': keras.optimizers.SGD,
+                    'adam': keras.optimizers.Adam}[optimizer]
+  reference_sums, reference_weights = _reference_training(
+      config, images, 4, make_optimizer(config.learning_rate))
   model, train_steps = _fast_loop(
-      config, images, False, keras.optimizers.Adam(config.learning_rate))
+      config, images, False, make_optimizer(config.learning_rate))
   sums = train_steps(0, 2) + train_steps(2, 2)
   moved = _distance(reference_weights, _initial_weights(config))
   apart = _distance(model.get_weights(), reference_weights)
-  print('loss sums', sums, 'reference', reference_sums,
-        'weights apart / moved', apart / moved)  # Measured: 5e-7.
+  print(optimizer, 'loss sums', sums, 'reference', reference_sums,
+        'weights apart / moved', apart / moved)
   assert sums[3] == sums[0]  # The objective is the ELBO.
   np.testing.assert_allclose(sums[:3], reference_sums, rtol=1e-5)
-  assert apart < 1e-4 * moved
+  if optimizer == 'sgd':
+    assert apart < 1e-4 * moved
 
 
 def _initial_weights(config):
