@@ -35,7 +35,7 @@ setuptools.setup(
     ],
     extras_require={
         # nbmake runs docs/tutorial.ipynb under pytest (with nbclient and
-        # ipykernel).
-        'test': ['pytest>=8', 'nbmake==1.5.5'],
+        # ipykernel); papermill runs it with other parameters (.ci/run).
+        'test': ['pytest>=8', 'nbmake==1.5.5', 'papermill>=2.6'],
     },
 )

@@ -286,7 +286,9 @@ def test_text_summary_has_a_row_per_start(tmp_path):
 
 
 def _tiny(data_dir, **fields):
-  return config_lib.Config(data_dir=data_dir, batch_size=16, log_every=2,
+  """The small iwae_mlp model: what is recorded is the loop's."""
+  return config_lib.Config(model='iwae_mlp', data_dir=data_dir,
+                           batch_size=16, log_every=2,
                            image_every=1000, checkpoint_every=2,
                            eval_batch_size=128, **fields)
 

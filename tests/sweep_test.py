@@ -29,7 +29,8 @@ def _train_steps_logged(run_dir):
 def test_sweep_trains_each_seed_once_and_summarizes(tmp_path):
   data_dir = conftest.make_fake_datasets(str(tmp_path / 'data'))
   workdir = str(tmp_path / 'sweep')
-  common = ['--workdir', workdir, '--data_dir', data_dir, '--batch_size=16',
+  common = ['--workdir', workdir, '--data_dir', data_dir, '--model=iwae_mlp',
+            '--batch_size=16',
             '--max_steps=4', '--log_every=2', '--image_every=1000',
             '--eval_batch_size=128']
   first = conftest.run_binary(*common, '--seeds=0', binary='sweep')
