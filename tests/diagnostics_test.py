@@ -3,6 +3,7 @@
 import glob
 import math
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -241,6 +242,7 @@ class TestDiagnosticsSummary:
 
   @pytest.mark.parametrize('prior', models.PRIORS)
   def test_vae(self, prior):
+    keras.utils.set_random_seed(0)  # Unseeded, the MI below drew -0.13.
     model = models.VAE(prior=prior, prior_components=3)
     images = tf.cast(tf.random.stateless_uniform([8, 28, 28, 1], [0, 1]) > 0.5,
                      tf.float32)
@@ -248,7 +250,7 @@ class TestDiagnosticsSummary:
                                               tf.constant([0, 1]))
     assert 0 <= summary['active_units'] <= models.LATENT_DIM
     # Untrained: the posteriors overlap; Monte Carlo noise can make it < 0.
-    assert -0.5 < summary['mutual_information'] <= math.log(8) + 1e-5  # -0.13 seen: MC noise, unseeded init.
+    assert -0.1 < summary['mutual_information'] <= math.log(8) + 1e-5
     assert summary['kl_per_dimension'].shape == (models.LATENT_DIM,)
     assert np.all(np.isfinite(summary['kl_per_dimension']))
 
