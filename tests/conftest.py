@@ -80,11 +80,14 @@ def generated_data_dir(tmp_path_factory) -> str:
   return make_fake_datasets(str(tmp_path_factory.mktemp('datasets')))
 
 
-@pytest.fixture(scope='session')
-def data_dir(generated_data_dir) -> str:
-  """Real MNIST when ../shared/datasets has it, else generated files. A
-  module of mechanics tests overrides it with `generated_data_dir`."""
-  return SHARED_DATASETS if have_real_data() else generated_data_dir
+@pytest.fixture(scope='module')
+def data_dir(request, generated_data_dir) -> str:
+  """Real MNIST when ../shared/datasets has it, else generated files; a
+  module marked `pytest.mark.generated_data` (mechanics tests) always gets
+  the generated files."""
+  if request.node.get_closest_marker('generated_data') or not have_real_data():
+    return generated_data_dir
+  return SHARED_DATASETS
 
 
 def write_untrained_run(workdir: str, config) -> None:

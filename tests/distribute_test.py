@@ -24,11 +24,8 @@ from elbo import config as config_lib
 from elbo import distribute
 import conftest
 
-
-@pytest.fixture(scope='module')
-def data_dir(generated_data_dir):
-  """Mechanics, not learning: the small generated files (conftest)."""
-  return generated_data_dir
+# Mechanics, not learning: the small generated files (conftest.data_dir).
+pytestmark = pytest.mark.generated_data
 
 
 _MIRRORED_VS_DEFAULT = textwrap.dedent('''
@@ -119,10 +116,9 @@ _WORKER = textwrap.dedent('''
 
     distribute.remove_worker_dir = print_digest_then_remove
     config = train.Config(model='iwae_mlp', data_dir=sys.argv[1],
-                          strategy='multiworker',
-                          batch_size=16, max_steps=4, log_every=2,
-                          checkpoint_every=2, image_every=1000,
-                          eval_batch_size=1000)
+                          strategy='multiworker', batch_size=16,
+                          max_steps=4, log_every=2, checkpoint_every=2,
+                          image_every=1000, eval_batch_size=1000)
     train.train_and_evaluate(config, sys.argv[2])
 ''')
 
@@ -178,9 +174,8 @@ def test_sigterm_to_one_worker_stops_both_at_the_same_step(data_dir,
   processes = conftest.start_workers(
       '--workdir', workdir, '--data_dir', data_dir,
       '--model=iwae_mlp', '--strategy=multiworker', '--batch_size=16',
-      '--max_steps=2000',
-      '--log_every=2', '--checkpoint_every=1000', '--image_every=1000',
-      '--eval_batch_size=1000')
+      '--max_steps=2000', '--log_every=2', '--checkpoint_every=1000',
+      '--image_every=1000', '--eval_batch_size=1000')
   chief, worker = processes
   deadline = time.time() + 300
   while chief.poll() is None and time.time() < deadline:

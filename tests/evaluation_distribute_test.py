@@ -21,11 +21,8 @@ from elbo import evaluation
 from elbo import train
 import conftest
 
-
-@pytest.fixture(scope='module')
-def data_dir(generated_data_dir):
-  """Mechanics, not learning: the small generated files (conftest)."""
-  return generated_data_dir
+# Mechanics, not learning: the small generated files (conftest.data_dir).
+pytestmark = pytest.mark.generated_data
 
 
 # 10 calls of 4 images, the last one of 2; 2 chunks of 50 samples each.
@@ -39,8 +36,7 @@ def trained_workdir(data_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('run'))
   train.train_and_evaluate(
       train.Config(model='iwae_mlp', data_dir=data_dir, batch_size=32,
-                   max_steps=5,
-                   image_every=1000), workdir)
+                   max_steps=5, image_every=1000), workdir)
   return workdir
 
 

@@ -11,11 +11,8 @@ import tensorflow as tf
 from elbo import config as config_lib
 import conftest
 
-
-@pytest.fixture(scope='module')
-def data_dir(generated_data_dir):
-  """Mechanics, not learning: the small generated files (conftest)."""
-  return generated_data_dir
+# Mechanics, not learning: the small generated files (conftest.data_dir).
+pytestmark = pytest.mark.generated_data
 
 
 _NAMES = ('interpolations', 'traversals', 'latent_pca', 'kl_per_dimension',

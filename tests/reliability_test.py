@@ -24,11 +24,8 @@ from elbo import models
 from elbo import train
 import conftest
 
-
-@pytest.fixture(scope='module')
-def data_dir(generated_data_dir):
-  """Mechanics, not learning: the small generated files (conftest)."""
-  return generated_data_dir
+# Mechanics, not learning: the small generated files (conftest.data_dir).
+pytestmark = pytest.mark.generated_data
 
 
 _STEPS = 24
@@ -145,7 +142,8 @@ def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(
 
   monkeypatch.setattr(data, 'training_batch', poisoned_batch)
   config = train.Config(model='iwae_mlp', data_dir=data_dir, batch_size=32,
-                        max_steps=12, log_every=3, checkpoint_every=4, image_every=1000)
+                        max_steps=12, log_every=3, checkpoint_every=4,
+                        image_every=1000)
   with pytest.raises(train.NonFiniteError,
                      match='Non-finite elbo, reconstruction, kl, objective, '
                      'gradients '
@@ -265,7 +263,8 @@ def test_resuming_off_the_log_grid_with_several_steps_per_call(data_dir,
   to 21 ends with the weights of a run of 21, and logs the same averages
   at steps 7, 14 and 21."""
   settings = dict(model='iwae_mlp', data_dir=data_dir, batch_size=32,
-                  steps_per_call=3, log_every=7, checkpoint_every=5, image_every=1000)
+                  steps_per_call=3, log_every=7, checkpoint_every=5,
+                  image_every=1000)
   whole, split = str(tmp_path / 'whole'), str(tmp_path / 'split')
   train.train_and_evaluate(train.Config(max_steps=21, **settings), whole)
   train.train_and_evaluate(train.Config(max_steps=12, **settings), split)
