@@ -28,7 +28,7 @@ import tensorflow as tf
 
 __all__ = ['CheckpointError', 'CheckpointMismatchError', 'CheckpointReadError',
            'CheckpointSaveError', 'make_manager', 'restore_latest',
-           'restore_newest_readable', 'save']
+           'restore_newest_readable', 'save', 'step_of']
 
 _NAME = 'ckpt'  # Checkpoints are `<directory>/ckpt-<step>.{index,data-*}`.
 
@@ -63,8 +63,11 @@ def _detail(error: object, limit: int = 300) -> str:
   return ' '.join(text.split())[:limit]
 
 
-def _step(path: str) -> int:
-  return int(path.rsplit('-', 1)[1])
+def step_of(path: str) -> int:
+  """The global step of a checkpoint path `.../ckpt-<step>` (with or
+  without a `.index`/`.data-*` suffix)."""
+  name = os.path.basename(path).split('.', 1)[0]
+  return int(name.rsplit('-', 1)[1])
 
 
 def _candidates(directory: str) -> List[str]:
@@ -81,7 +84,7 @@ def _candidates(directory: str) -> List[str]:
       (path[:-len('.index')] for path in
        tf.io.gfile.glob(os.path.join(directory, f'{_NAME}-*.index'))
        if re.fullmatch(rf'{_NAME}-\d+\.index', os.path.basename(path))),
-      key=_step, reverse=True)
+      key=step_of, reverse=True)
   candidates, names = [], set()
   for path in listed + on_disk:
     if os.path.basename(path) not in names:

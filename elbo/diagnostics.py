@@ -31,6 +31,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from elbo import summaries
+
 tfd = tfp.distributions
 
 __all__ = [
@@ -255,22 +257,17 @@ def diagnostics_summary(
   }
 
 
-def write_summaries(writer: tf.summary.SummaryWriter, step: int,
+def write_summaries(writer: summaries.SummaryWriter, step: int,
                     summary: Dict[str, object]) -> None:
   """TensorBoard under `latent/`: scalars `active_units`,
   `mutual_information` and `total_correlation`, the histogram
   `kl_per_dimension` over the dimensions, and those values from the largest
   down as a bar chart (the image `kl_per_dimension_sorted`)."""
   kl = np.asarray(summary['kl_per_dimension'])
-  with writer.as_default(step=step):
-    tf.summary.scalar('latent/active_units', summary['active_units'])
-    tf.summary.scalar('latent/mutual_information',
-                      summary['mutual_information'])
-    tf.summary.scalar('latent/total_correlation',
-                      summary['total_correlation'])
-    tf.summary.histogram('latent/kl_per_dimension', kl)
-    tf.summary.image('latent/kl_per_dimension_sorted', bar_chart(kl))
-  writer.flush()
+  writer.scalars(step, {'latent/' + name: summary[name] for name in (
+      'active_units', 'mutual_information', 'total_correlation')})
+  writer.histograms(step, {'latent/kl_per_dimension': kl})
+  writer.images(step, {'latent/kl_per_dimension_sorted': bar_chart(kl)})
 
 
 def bar_chart(values: np.ndarray, height: int = 120) -> tf.Tensor:

@@ -51,6 +51,8 @@ from elbo import diagnostics
 from elbo import distribute
 from elbo import losses
 from elbo import models
+from elbo import streams
+from elbo import summaries
 
 __all__ = ['EvalConfig', 'USER_ERRORS', 'WorkerLostError', 'evaluate_run',
            'importance_sampled_terms', 'restore_model']
@@ -62,10 +64,6 @@ _Values = Dict[str, np.ndarray]
 ModelFn = Callable[[config_lib.Config], models.VAE]
 # Seconds between progress lines (and scalars) between saves.
 _LOG_EVERY_SECONDS = 60.0
-# The latent diagnostics: on the first test images (I(x; z) costs N^2
-# densities), with their own draws.
-_NUM_DIAGNOSTIC_IMAGES = 1000
-_DIAGNOSTIC_STREAM = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +140,7 @@ def restore_model(workdir: str, precision: str = 'float32',
   if path is None:
     raise FileNotFoundError(f'{workdir}/checkpoints: no checkpoint to '
                             'evaluate.')
-  return model, config, int(path.rsplit('-', 1)[1])
+  return model, config, checkpoints.step_of(path)
 
 
 def _local_replicas(strategy: tf.distribute.Strategy) -> int:
@@ -439,8 +437,7 @@ class _Progress:
     self.remaining_passes = remaining_passes
     self._passes, self._seconds = 0, 0.
     self._last_log = time.perf_counter()
-    make = lambda name: tf.summary.create_file_writer(
-        os.path.join(workdir, name))
+    make = lambda name: summaries.SummaryWriter(os.path.join(workdir, name))
     self._own_writer = make(f'eval/worker_{worker}') if (
         num_workers > 1) else None
     self._total_writer = make('eval') if chief else None
@@ -514,14 +511,13 @@ class _Progress:
     logging.info('evaluation_k%d: %s', self._k, line)
 
   @staticmethod
-  def _write(writer, step: int, rate: float, left: float) -> None:
-    with writer.as_default(step=step):
-      tf.summary.scalar('progress/images_done', step)
-      if math.isfinite(rate):
-        tf.summary.scalar('progress/decoder_passes_per_second', rate)
-      if math.isfinite(left):
-        tf.summary.scalar('progress/hours_left', left / 3600)
-    writer.flush()
+  def _write(writer: summaries.SummaryWriter, step: int, rate: float,
+             left: float) -> None:
+    values = {'progress/images_done': step,
+              'progress/decoder_passes_per_second': rate,
+              'progress/hours_left': left / 3600}
+    writer.scalars(step, {name: value for name, value in values.items()
+                          if math.isfinite(value)})
 
 
 def evaluate_run(workdir: str, eval_config: EvalConfig,
@@ -598,7 +594,7 @@ def evaluate_run(workdir: str, eval_config: EvalConfig,
                  sum(map(reuses, todo)), reusable['num_samples'])
 
   terms_fn = importance_sampled_terms(model, config, eval_config, strategy)
-  base_seed = tf.constant([eval_config.seed, 7], tf.int32)
+  base_seed = streams.seed(eval_config.seed, streams.EVAL_IMPORTANCE)
   share = (_merged_path(workdir, k) if num_workers == 1 else
            _share_path(workdir, k, worker, num_workers))
   progress = _Progress(workdir, k, worker, num_workers, chief, len(binary),
@@ -689,8 +685,8 @@ def evaluate_run(workdir: str, eval_config: EvalConfig,
   summary = _summary(per_example)
   # Active units, I(x; z), KL per dimension (elbo.diagnostics).
   latent = diagnostics.diagnostics_summary(
-      model, tf.constant(binary[:_NUM_DIAGNOSTIC_IMAGES]),
-      tf.constant([eval_config.seed, _DIAGNOSTIC_STREAM], tf.int32))
+      model, tf.constant(binary[:streams.NUM_DIAGNOSTIC_IMAGES]),
+      streams.seed(eval_config.seed, streams.EVAL_DIAGNOSTIC))
   result = {
       'workdir': workdir, 'step': step, 'num_samples': k,
       'num_examples': len(binary), 'dataset': config.dataset,
@@ -703,11 +699,10 @@ def evaluate_run(workdir: str, eval_config: EvalConfig,
   }
   with open(os.path.join(workdir, name + '.json'), 'w') as f:
     json.dump(result, f, indent=2)
-  writer = tf.summary.create_file_writer(os.path.join(workdir, 'eval'))
-  with writer.as_default(step=step):
-    tf.summary.scalar('neg_elbo', result['neg_elbo'])
-    tf.summary.scalar('reconstruction', summary['reconstruction']['mean'])
-    tf.summary.scalar('kl', summary['kl']['mean'])
-    tf.summary.scalar(f'nll/k{k}', result['nll'])
-  diagnostics.write_summaries(writer, step, latent)  # Flushes.
+  writer = summaries.SummaryWriter(os.path.join(workdir, 'eval'))
+  writer.scalars(step, {'neg_elbo': result['neg_elbo'],
+                        'reconstruction': summary['reconstruction']['mean'],
+                        'kl': summary['kl']['mean'],
+                        f'nll/k{k}': result['nll']})
+  diagnostics.write_summaries(writer, step, latent)
   return result

@@ -21,6 +21,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from elbo import losses
+from elbo import streams
 
 tfd = tfp.distributions
 
@@ -33,7 +34,8 @@ class ExportError(ValueError):
 
 
 def _stateless_seed(seed: tf.Tensor) -> tf.Tensor:
-  return tf.stack([tf.cast(seed, tf.int32), tf.constant(0, tf.int32)])
+  return tf.stack([tf.cast(seed, tf.int32),
+                   tf.constant(streams.EXPORT, tf.int32)])
 
 
 def encode(model, x: tf.Tensor):

@@ -15,6 +15,7 @@ import tensorflow_probability as tfp
 
 from elbo import diagnostics
 from elbo import models
+from elbo import summaries
 
 __all__ = ['blog_pictures', 'image_grid', 'interpolations',
            'latent_figures', 'pca_embedding', 'traversals', 'write_figures',
@@ -38,7 +39,7 @@ _ENCODE_BATCH = 500  # Images per encoder pass: bounds the activations.
 
 def image_grid(images: tf.Tensor, columns: int) -> tf.Tensor:
   """Tiles `[N, H, W, C]` images in [0, 1] into one `[1, rows*H, cols*W, C]`
-  image (the last row padded with black), ready for `tf.summary.image`."""
+  image (the last row padded with black), ready for `SummaryWriter.images`."""
   images = tf.convert_to_tensor(images, tf.float32)
   n, height, width, channels = images.shape
   rows = -(-n // columns)
@@ -70,12 +71,11 @@ def blog_pictures(model: models.VAE, test_images: tf.Tensor,
   }
 
 
-def write_image_summaries(writer: tf.summary.SummaryWriter, step: int,
+def write_image_summaries(writer: summaries.SummaryWriter, step: int,
                           pictures: Dict[str, tf.Tensor]) -> None:
-  with writer.as_default(step=step):
-    for name, batch in pictures.items():
-      tf.summary.image(name, image_grid(batch, columns=4))
-  writer.flush()
+  """Each batch as one grid image of its name."""
+  writer.images(step, {name: image_grid(batch, columns=4)
+                       for name, batch in pictures.items()})
 
 
 def write_figures(workdir: str, pictures: Dict[str, tf.Tensor]) -> None:
@@ -240,10 +240,8 @@ def write_latent_figures(directory: str,
     write_png(os.path.join(directory, name + '.png'), figure)
 
 
-def write_latent_summaries(writer: tf.summary.SummaryWriter, step: int,
+def write_latent_summaries(writer: summaries.SummaryWriter, step: int,
                            figures: Dict[str, tf.Tensor]) -> None:
   """Each figure as the TensorBoard image `latent/{name}`."""
-  with writer.as_default(step=step):
-    for name, figure in figures.items():
-      tf.summary.image('latent/' + name, figure)
-  writer.flush()
+  writer.images(step, {'latent/' + name: figure
+                       for name, figure in figures.items()})

@@ -43,6 +43,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from elbo import config as config_lib
+from elbo import summaries
 
 __all__ = ['FILENAME', 'SAFE_CHANGES', 'RunHistory', 'config_changes',
            'environment', 'finished_test_metrics', 'git_state', 'markdown',
@@ -293,12 +294,10 @@ class RunHistory:
     if self._write:
       write_file(self.path, json.dumps(self.entries, indent=2))
 
-  def write_summary(self, writer: tf.summary.SummaryWriter,
+  def write_summary(self, writer: summaries.SummaryWriter,
                     step: int) -> None:
     """The history as a markdown table in TensorBoard's text tab."""
-    with writer.as_default(step=step):
-      tf.summary.text('run_history', markdown(self.entries))
-    writer.flush()
+    writer.text(step, 'run_history', markdown(self.entries))
 
 
 def start(workdir: str, config: config_lib.Config, step: int,

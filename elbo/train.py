@@ -32,7 +32,6 @@ from absl import logging
 import keras
 import numpy as np
 import tensorflow as tf
-from tensorboard.plugins.hparams import api as hparams_api
 
 from elbo import checkpoints
 from elbo import config as config_lib
@@ -46,6 +45,8 @@ from elbo import losses
 from elbo import models
 from elbo import objectives
 from elbo import run_record
+from elbo import streams
+from elbo import summaries
 from elbo import workdir_lock
 
 __all__ = ['Config', 'DivergenceError', 'ModelFn', 'NonFiniteError',
@@ -65,12 +66,6 @@ _GUARDED = _TRAIN_METRICS + ('gradients',)
 # What a training step returns: the metrics, then the global gradient norm
 # (logged, but not part of the checkpointed sums).
 _STEP_OUTPUTS = _TRAIN_METRICS + ('gradient_norm',)
-_NUM_GRID_IMAGES = 16
-# Stream ids folded into the run seed, so each random use has its own stream.
-_LATENT_STREAM, _EVAL_STREAM, _FIGURE_STREAM, _DIAGNOSTIC_STREAM = 1, 2, 3, 4
-# Test images of the latent diagnostics (each epoch) and of the latent
-# figures (at the end): the mutual information costs N^2 densities.
-_NUM_DIAGNOSTIC_IMAGES = 1000
 
 
 def resolve_jit_compile(jit_compile: str) -> bool:
@@ -199,7 +194,7 @@ def make_train_step(model: models.Model,
   gradients, and on a single replica the update too.
   """
   strategy = strategy or tf.distribute.get_strategy()
-  latent_seed = tf.constant([config.seed, _LATENT_STREAM], tf.int32)
+  latent_seed = streams.seed(config.seed, streams.LATENT)
   objective_fn = objectives.OBJECTIVES[config.objective]
 
   @tf.function(jit_compile=jit_compile)
@@ -303,20 +298,12 @@ def evaluate(eval_step, batches: tf.data.Dataset,
   """Mean ELBO terms over a whole split, with a fixed latent seed per batch
   so that repeated evaluations of the same model agree."""
   sums, count = np.zeros(len(_TERMS)), 0
-  base_seed = tf.constant([seed, _EVAL_STREAM], tf.int32)
+  base_seed = streams.seed(seed, streams.TEST_ELBO)
   for index, batch in enumerate(batches):
     batch_seed = tf.random.experimental.stateless_fold_in(base_seed, index)
     sums += eval_step(batch, batch_seed).numpy()
     count += int(batch.shape[0])
   return dict(zip(_TERMS, (sums / count).tolist()))
-
-
-def _write_scalars(writer, step: int, values: Dict[str, float]) -> None:
-  """Writes and flushes, so a killed run still shows its curves."""
-  with writer.as_default(step=step):
-    for name, value in values.items():
-      tf.summary.scalar(name, value)
-  writer.flush()
 
 
 def _format(metrics: Dict[str, float]) -> str:
@@ -478,22 +465,21 @@ class _Trainer:
                         self.guard, self.strategy, self.divergence_guard),
         data.resident_images(train_images), config.batch_size, config.seed)
     self.eval_step = make_eval_step(self.model, config, jit_compile)
-    writer = lambda name: (
-        tf.summary.create_file_writer(os.path.join(workdir, name))
-        if self.chief else tf.summary.create_noop_writer())
+    writer = lambda name: summaries.SummaryWriter(
+        os.path.join(workdir, name) if self.chief else None)
     self.train_writer, self.test_writer = writer('train'), writer('test')
     self.test_batches = data.eval_batches(test_images,
                                           config.eval_batch_size)
-    self.figure_seed = tf.constant([config.seed, _FIGURE_STREAM], tf.int32)
+    self.figure_seed = streams.seed(config.seed, streams.FIGURE)
     self.grid_inputs = next(iter(
-        self.test_batches.unbatch().batch(_NUM_GRID_IMAGES)))
+        self.test_batches.unbatch().batch(streams.NUM_GRID_IMAGES)))
     # Drawn once, so the prior-sample pictures compare across steps.
-    self.prior_z = self.model.latent_prior().sample(_NUM_GRID_IMAGES,
+    self.prior_z = self.model.latent_prior().sample(streams.NUM_GRID_IMAGES,
                                                     seed=self.figure_seed)
     self.diagnostic_images = next(iter(
-        self.test_batches.unbatch().batch(_NUM_DIAGNOSTIC_IMAGES)))
-    self.diagnostic_seed = tf.constant([config.seed, _DIAGNOSTIC_STREAM],
-                                       tf.int32)
+        self.test_batches.unbatch().batch(streams.NUM_DIAGNOSTIC_IMAGES)))
+    self.diagnostic_seed = streams.seed(config.seed,
+                                        streams.TRAIN_DIAGNOSTIC)
     self.train_metrics: Dict[str, float] = {}
     self.test_metrics: Dict[str, float] = {}
     self.images_written_at = -1
@@ -555,7 +541,7 @@ class _Trainer:
       scalars['examples_per_second'] = ((step - self.timer_step) *
                                         config.batch_size / elapsed)
       self.timer_start, self.timer_step = time.perf_counter(), step
-    _write_scalars(self.train_writer, step, scalars)
+    self.train_writer.scalars(step, scalars)
     epoch = (step - 1) // self.steps_per_epoch + 1
     self.progress.update(step - self.start_step,
                          [('epoch', epoch), *self.train_metrics.items()])
@@ -578,8 +564,8 @@ class _Trainer:
     # next step's all-reduce.
     if self.chief:
       self.evaluate_test(step)
-    _write_scalars(self.train_writer, step,
-                   {f'epoch/{k}': v for k, v in epoch_metrics.items()})
+    self.train_writer.scalars(
+        step, {f'epoch/{k}': v for k, v in epoch_metrics.items()})
     logging.info('Epoch %d (step %d): train %s; test %s',
                  step // self.steps_per_epoch, step, _format(epoch_metrics),
                  _format(self.test_metrics))
@@ -589,7 +575,7 @@ class _Trainer:
     I(x; z), KL per dimension) under test/latent/."""
     self.test_metrics = evaluate(self.eval_step, self.test_batches,
                                  self.config.seed)
-    _write_scalars(self.test_writer, step, self.test_metrics)
+    self.test_writer.scalars(step, self.test_metrics)
     diagnostics.write_summaries(self.test_writer, step,
                                 diagnostics.diagnostics_summary(
                                     self.model, self.diagnostic_images,
@@ -606,7 +592,7 @@ class _Trainer:
     `bad_step` (0-based) and applies the remedy (`elbo.divergence`)."""
     config = self.config
     detail = self.divergence_guard.describe()
-    saved = sorted(int(path.rsplit('-', 1)[1])
+    saved = sorted(checkpoints.step_of(path)
                    for path in self.manager.checkpoints)
     before = [s for s in saved if s <= bad_step - config.divergence_rewind]
     target = (before or [s for s in saved if s <= bad_step] or [None])[-1]
@@ -633,7 +619,7 @@ class _Trainer:
                     target, recovery.data_skip, recovery.lr_factor,
                     recovery.cooldown, len(self.recoveries),
                     config.divergence_max_recoveries)
-    _write_scalars(self.train_writer, bad_step + 1, {
+    self.train_writer.scalars(bad_step + 1, {
         'divergence/bad_step': bad_step + 1,
         'divergence/restored_step': target,
         'divergence/recoveries': len(self.recoveries)})
@@ -650,13 +636,10 @@ class _Trainer:
     values = dataclasses.asdict(self.config)
     table = '\n'.join(['| flag | value |', '| --- | --- |'] +
                       [f'| {k} | {v} |' for k, v in values.items()])
-    with self.train_writer.as_default(step=self.step):
-      tf.summary.text('config', table)
-    with tf.summary.create_file_writer(self.workdir).as_default():
-      hparams_api.hparams(_hparams(self.config),
-                          trial_id=os.path.basename(
-                              os.path.normpath(self.workdir)))
-    self.train_writer.flush()
+    self.train_writer.text(self.step, 'config', table)
+    summaries.SummaryWriter(self.workdir).hparams(
+        _hparams(self.config),
+        trial_id=os.path.basename(os.path.normpath(self.workdir)))
 
   def train(self) -> Dict[str, Dict[str, float]]:
     config = self.config
@@ -726,7 +709,7 @@ class _Trainer:
     labels = data.load_labels_or_none(config.dataset, 'test', config.data_dir)
     figures = images.latent_figures(
         self.model, self.diagnostic_images.numpy(),
-        None if labels is None else labels[:_NUM_DIAGNOSTIC_IMAGES],
+        None if labels is None else labels[:streams.NUM_DIAGNOSTIC_IMAGES],
         self.diagnostic_seed)
     images.write_latent_figures(self.workdir, figures)
     images.write_latent_summaries(self.train_writer, self.step, figures)

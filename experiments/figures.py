@@ -26,6 +26,8 @@ from elbo import data
 from elbo import diagnostics
 from elbo import evaluation
 from elbo import images
+from elbo import streams
+from elbo import summaries
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A training workdir.',
                                required=True)
@@ -59,14 +61,14 @@ def main(argv):
   labels = data.load_labels_or_none(config.dataset, 'test', config.data_dir)
   if labels is not None:
     labels = labels[:len(binary)]
-  seed = tf.constant([_SEED.value, 0], tf.int32)
+  seed = streams.seed(_SEED.value, streams.FIGURES_BINARY)
 
   summary = diagnostics.diagnostics_summary(
       model, binary[:_DIAGNOSTIC_EXAMPLES.value], seed)
   figures = images.latent_figures(model, binary, labels, seed)
   images.write_latent_figures(workdir, figures)
   images.write_latent_summaries(
-      tf.summary.create_file_writer(os.path.join(workdir, 'figures')), step,
+      summaries.SummaryWriter(os.path.join(workdir, 'figures')), step,
       figures)
   result = {'step': step, 'num_examples': min(len(binary),
                                               _DIAGNOSTIC_EXAMPLES.value),

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from elbo import config as config_lib
 from elbo import run_record
+from elbo import summaries
 from elbo import train
 import conftest
 
@@ -262,7 +263,7 @@ def test_text_summary_has_a_row_per_start(tmp_path):
   history = run_record.start(
       workdir, dataclasses.replace(config, learning_rate=5e-4), 40)
   history.update(50, {'elbo': -100.5, 'reconstruction': -90., 'kl': 10.5})
-  writer = tf.summary.create_file_writer(os.path.join(workdir, 'train'))
+  writer = summaries.SummaryWriter(os.path.join(workdir, 'train'))
   history.write_summary(writer, 50)
   texts = []
   for path in tf.io.gfile.glob(os.path.join(workdir, 'train', 'events*')):
