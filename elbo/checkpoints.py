@@ -21,7 +21,7 @@ fail (disk full, no permission):
 
 import os
 import re
-from typing import List, Optional
+from typing import Collection, List, Optional
 
 from absl import logging
 import tensorflow as tf
@@ -115,7 +115,8 @@ def _read_error(path: str) -> Optional[str]:
 
 
 def restore_latest(manager: tf.train.CheckpointManager,
-                   directory: Optional[str] = None) -> Optional[str]:
+                   directory: Optional[str] = None,
+                   optional: Collection[str] = ()) -> Optional[str]:
   """Restores the newest readable checkpoint into the manager's objects.
 
   Every saved value must find its object and every object its value, so
@@ -126,6 +127,8 @@ def restore_latest(manager: tf.train.CheckpointManager,
     manager: from `make_manager`; its objects receive the values.
     directory: restore from this directory instead of the manager's own (a
       non-chief worker resumes from the chief's checkpoints).
+    optional: names of saved objects that checkpoints written before they
+      were saved lack; there they keep their values.
 
   Returns:
     The restored checkpoint's path, or None when there is none.
@@ -134,11 +137,13 @@ def restore_latest(manager: tf.train.CheckpointManager,
     As `restore_newest_readable`.
   """
   return restore_newest_readable(manager.checkpoint,
-                                 directory or manager.directory)
+                                 directory or manager.directory,
+                                 optional=optional)
 
 
 def restore_newest_readable(checkpoint: tf.train.Checkpoint, directory: str,
-                            *, partial: bool = False) -> Optional[str]:
+                            *, partial: bool = False,
+                            optional: Collection[str] = ()) -> Optional[str]:
   """Restores the newest checkpoint in `directory` that reads.
 
   Checkpoints that cannot be read are skipped with a warning and left where
@@ -151,6 +156,7 @@ def restore_newest_readable(checkpoint: tf.train.Checkpoint, directory: str,
       of a training checkpoint, to evaluate it): saved values without an
       object are ignored; every object must still receive its values.
       Default value: `False`, every saved value must find its object too.
+    optional: as in `restore_latest`.
 
   Returns:
     The restored checkpoint's path, or None when there is none.
@@ -163,7 +169,8 @@ def restore_newest_readable(checkpoint: tf.train.Checkpoint, directory: str,
   unreadable = []
   for path in _candidates(directory):
     try:
-      status = checkpoint.restore(path)
+      target = _without_missing(checkpoint, path, optional)
+      status = target.restore(path)
       if partial:
         status.expect_partial().assert_existing_objects_matched()
       else:
@@ -180,6 +187,8 @@ def restore_newest_readable(checkpoint: tf.train.Checkpoint, directory: str,
     if unreadable:
       logging.warning('Skipped unreadable checkpoints in %s (%s); using '
                       '%s.', directory, '; '.join(unreadable), path)
+    if target is not checkpoint:
+      checkpoint.save_counter.assign(target.save_counter)
     logging.info('Restored %s.', path)
     return path
   if unreadable:
@@ -187,6 +196,20 @@ def restore_newest_readable(checkpoint: tf.train.Checkpoint, directory: str,
         f'No checkpoint in {directory} can be read: {"; ".join(unreadable)}. '
         'Restore them from a copy, or move them away to start from step 0.')
   return None
+
+
+def _without_missing(checkpoint: tf.train.Checkpoint, path: str,
+                     optional: Collection[str]) -> tf.train.Checkpoint:
+  """`checkpoint`, or if the one at `path` lacks some `optional` objects, a
+  checkpoint of the others (the same objects, so they receive the values)."""
+  if not optional:
+    return checkpoint
+  saved = {name.split('/', 1)[0] for name, _ in tf.train.list_variables(path)}
+  if all(name in saved for name in optional):
+    return checkpoint
+  objects = {name: value for name, value in vars(checkpoint).items()
+             if not name.startswith('_') and name not in optional}
+  return tf.train.Checkpoint(**objects)
 
 
 def save(manager: tf.train.CheckpointManager, step: int) -> str:

@@ -44,8 +44,14 @@ _MIN_OBJECTIVE_SD = 0.5  # nats
 _MIN_LOG_NORM_SD = 0.05
 
 
-class DivergenceGuard(tf.Module):
+class DivergenceGuard(tf.__internal__.tracking.Trackable):
   """Remembers the first step far outside the run's recent steps.
+
+  In a checkpoint, its window (the recent healthy steps, oldest first), the
+  count of steps seen and the bad step if any, so that a resumed run judges
+  its first step as an uninterrupted one would. The saved window does not
+  depend on `window`: a run resumed with another one keeps the newest steps
+  that fit (and waits for a full window before judging).
 
   Args:
     window: how many recent healthy steps the statistics cover; detection
@@ -54,7 +60,6 @@ class DivergenceGuard(tf.Module):
   """
 
   def __init__(self, window: int, threshold: float):
-    super().__init__()
     self.window = window
     self.threshold = threshold
     self.objectives = tf.Variable(tf.zeros([window]), trainable=False)
@@ -116,6 +121,36 @@ class DivergenceGuard(tf.Module):
   def reset(self) -> None:
     """Forgets the bad step; the statistics of healthy steps stay."""
     self.first_bad_step.assign(-1)
+
+  def _serialize_to_tensors(self):
+    """The checkpoint's values: the window oldest first (objectives, log
+    norms), the count seen, the bad step and its evidence."""
+    count = tf.minimum(self.seen, self.window)
+    start = tf.where(self.seen >= self.window, self.seen % self.window, 0)
+    order = (start + tf.range(count)) % self.window
+    recent = tf.gather(tf.stack([self.objectives.read_value(),
+                                 self.log_norms.read_value()]), order, axis=1)
+    return {'recent': recent, 'seen': tf.identity(self.seen),
+            'first_bad_step': tf.identity(self.first_bad_step),
+            'evidence': tf.identity(self.evidence)}
+
+  def _restore_from_tensors(self, restored_tensors):
+    """The newest saved steps that fit this window, at the ring positions
+    an uninterrupted run would have them in when they fill it."""
+    recent, seen = restored_tensors['recent'], restored_tensors['seen']
+    saved = tf.shape(recent, out_type=tf.int64)[1]
+    count = tf.minimum(saved, self.window)
+    recent = recent[:, saved - count:]
+    full = count == self.window
+    seen = tf.where(full, seen, count)
+    slots = (tf.where(full, seen, 0) + tf.range(count))[:, None] % self.window
+    fill = lambda values: tf.tensor_scatter_nd_update(
+        tf.zeros([self.window]), slots, values)
+    return tf.group(
+        self.objectives.assign(fill(recent[0])),
+        self.log_norms.assign(fill(recent[1])), self.seen.assign(seen),
+        self.first_bad_step.assign(restored_tensors['first_bad_step']),
+        self.evidence.assign(restored_tensors['evidence']))
 
 
 def _robust_centre_and_sd(values: tf.Tensor):

@@ -24,6 +24,7 @@ divergence that stays finite is detected and recovered from
 
 import dataclasses
 import os
+import signal
 import time
 from typing import (Callable, Collection, Dict, List, NamedTuple, Optional,
                     Sequence)
@@ -440,9 +441,11 @@ class _Trainer:
     self.manager = checkpoints.make_manager(
         self.own_dir, self._checkpoints_to_keep(), model=self.model,
         optimizer=self.optimizer, interval_sums=self.interval_sums,
-        epoch_sums=self.epoch_sums)
+        epoch_sums=self.epoch_sums, divergence_guard=self.divergence_guard)
+    # Checkpoints written before the guard's window was saved lack it.
     checkpoints.restore_latest(self.manager,
-                               os.path.join(workdir, 'checkpoints'))
+                               os.path.join(workdir, 'checkpoints'),
+                               optional=('divergence_guard',))
     self.step = int(self.optimizer.iterations.numpy())
     # config.json, and this start in run_history.json; refuses changes
     # that alter what a step means unless allowed.
@@ -651,6 +654,9 @@ class _Trainer:
         stateful_metrics=('epoch',) + _TRAIN_METRICS)
     self.norm_sum, self.norm_steps = 0., 0
     self.timer_start, self.timer_step = None, self.step
+    # Test-only fault point: ELBO_TEST_KILL_AT_STEP=N kills this process
+    # (SIGKILL) right after the call that ends at step N, before its actions.
+    kill_at = int(os.environ.get('ELBO_TEST_KILL_AT_STEP', -1))
 
     def stop(signum):
       raise TrainingInterrupted(self.step, signum)
@@ -666,10 +672,13 @@ class _Trainer:
         num_steps = steps_to_next_event(
             step, sorted({i for a in actions for i in a.every}),
             self.total_steps, config.steps_per_call,
-            [] if change is None else [change])
+            ([] if change is None else [change]) + [kill_at])
         outputs = self.train_steps(tf.constant(step, tf.int64),
                                    tf.constant(num_steps, tf.int64),
                                    self.data_offset)
+        if step + num_steps == kill_at:
+          outputs.numpy()
+          os.kill(os.getpid(), signal.SIGKILL)
         if self.timer_start is None:
           outputs.numpy()  # Waits for the first call, which compiles.
           self.timer_start, self.timer_step = (time.perf_counter(),
