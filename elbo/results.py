@@ -31,7 +31,9 @@ The tables go into markdown files between markers
   ...
   <!-- /report -->
 
-which `update_blocks` rewrites and `stale_blocks` checks.
+which `update_blocks` rewrites and `stale_blocks` checks. The outputs of
+`experiments/benchmark.py` kept in `docs/results/benchmarks/` (each with the
+`command` that made it added) give the `benchmarks` block.
 """
 
 import glob
@@ -41,7 +43,8 @@ import re
 import statistics
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-__all__ = ['TABLES', 'command_for', 'load_records', 'record_from_workdir',
+__all__ = ['TABLES', 'benchmarks_table', 'command_for', 'load_benchmarks',
+           'load_records', 'record_from_workdir',
            'render', 'runs_table', 'stale_blocks', 'summary_table', 'table',
            'update_blocks']
 
@@ -315,10 +318,42 @@ def _commands(records: Sequence[Mapping[str, Any]]) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def render(records: Sequence[Mapping[str, Any]]) -> Dict[str, str]:
-  """Every block the docs hold: the tables of `TABLES`, `runs` and
-  `commands`."""
+def load_benchmarks(directory: str) -> List[Dict[str, Any]]:
+  """The outputs of `experiments/benchmark.py` kept in `directory`
+  (`*.json`, each with a `command` added), sorted by file name."""
+  return load_records(directory) if os.path.isdir(directory) else []
+
+
+def benchmarks_table(benchmarks: Sequence[Mapping[str, Any]]) -> str:
+  """One table per benchmark output: each candidate's speed, then the
+  ratios measured side by side in the same process."""
+  if not benchmarks:
+    return 'No benchmark records yet.\n'
+  parts = []
+  for output in benchmarks:
+    machine = output.get('machine') or {}
+    lines = [f'`{output.get("command", "")}` '
+             f'({machine.get("cpu") or "unknown CPU"}, batch '
+             f'{output["settings"]["batch_size"]}):', '',
+             '| candidate | ms/step | images/s | of matmul |',
+             '| --- | ---: | ---: | ---: |']
+    for name, result in output['candidates'].items():
+      fraction = result.get('fraction_of_matmul')
+      lines.append(f'| `{name}` | {result["ms_per_step"]:.2f} | '
+                   f'{result["images_per_second"]:.0f} | ' +
+                   ('' if fraction is None else f'{fraction:.2f}') + ' |')
+    for name, ratio in (output.get('ratios') or {}).items():
+      lines.append(f'| ratio {name} | | {ratio["value"]:.2f} | |')
+    parts.append('\n'.join(lines) + '\n')
+  return '\n'.join(parts)
+
+
+def render(records: Sequence[Mapping[str, Any]],
+           benchmarks: Sequence[Mapping[str, Any]] = ()) -> Dict[str, str]:
+  """Every block the docs hold: the tables of `TABLES`, `runs`,
+  `commands` and `benchmarks`."""
   blocks = {name: table(records, name) for name in TABLES}
+  blocks['benchmarks'] = benchmarks_table(benchmarks)
   blocks['summary'] = summary_table(records)
   blocks['runs'] = runs_table(records)
   blocks['commands'] = _commands(records)

@@ -77,7 +77,9 @@ def main(argv):
       _write_record(_SAVE_RECORDS.value, record)
   by_name = {r['name']: r for r in results.load_records(_RECORDS.value)}
   by_name.update((r['name'], r) for r in added)
-  blocks = results.render(list(by_name.values()))
+  blocks = results.render(
+      list(by_name.values()),
+      results.load_benchmarks(os.path.join(_RECORDS.value, 'benchmarks')))
   for path in _UPDATE.value:
     with open(path, encoding='utf-8') as f:
       text = f.read()

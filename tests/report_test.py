@@ -21,7 +21,8 @@ SHARED_SWEEP = os.path.join(os.path.dirname(conftest.REPO_ROOT), 'shared',
                             'results', 'blog-default')
 DOCS_WITH_TABLES = {'README.md': {'summary'},
                     'docs/results.md': {*results.TABLES, 'runs',
-                                        'commands'}}
+                                        'commands'},
+                    'docs/performance.md': {'benchmarks'}}
 
 
 def _read(path: str) -> str:
@@ -29,9 +30,15 @@ def _read(path: str) -> str:
     return f.read()
 
 
+def _render():
+  return results.render(
+      results.load_records(RECORDS),
+      results.load_benchmarks(os.path.join(RECORDS, 'benchmarks')))
+
+
 @pytest.fixture(scope='module')
 def blocks():
-  return results.render(results.load_records(RECORDS))
+  return _render()
 
 
 @pytest.mark.parametrize('path', sorted(DOCS_WITH_TABLES))
@@ -65,7 +72,7 @@ def test_report_binary_checks_and_updates(tmp_path):
   argv, env = conftest.binary_command(f'--records={RECORDS}',
                                       f'--update={page}', binary='report')
   subprocess.run(argv, env=env, check=True, timeout=300)
-  blocks = results.render(results.load_records(RECORDS))
+  blocks = _render()
   assert page.read_text() == ('Intro.\n<!-- report:summary -->\n' +
                               blocks['summary'] + '<!-- /report -->\nEnd.\n')
 
@@ -99,6 +106,22 @@ def test_one_run_shows_its_evaluations_with_standard_errors():
   assert results.summary_table([{**record, 'tables': ['summary']}]).endswith(
       '| a row | 1 | 96.64 | 92.51 ± 0.26 (k = 5000, all 10,000) | '
       'abcdef0 |\n')
+
+
+def test_benchmark_outputs_become_tables():
+  output = {'command': 'python experiments/benchmark.py --smoke',
+            'machine': {'cpu': 'CPU X'}, 'settings': {'batch_size': 20},
+            'candidates': {'ours': {'ms_per_step': 4.0,
+                                    'images_per_second': 5000.,
+                                    'fraction_of_matmul': 0.125}},
+            'ratios': {'ours / fit': {'value': 1.014}}}
+  assert results.benchmarks_table([output]) == (
+      '`python experiments/benchmark.py --smoke` (CPU X, batch 20):\n\n'
+      '| candidate | ms/step | images/s | of matmul |\n'
+      '| --- | ---: | ---: | ---: |\n'
+      '| `ours` | 4.00 | 5000 | 0.12 |\n'
+      '| ratio ours / fit | | 1.01 | |\n')
+  assert results.benchmarks_table([]) == 'No benchmark records yet.\n'
 
 
 def _write_run(workdir, seed, neg_elbo, config):
