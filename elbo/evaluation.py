@@ -32,13 +32,11 @@ new samples per image, and gives the same figures as without it.
 
 import dataclasses
 import datetime
-import glob
 import json
 import math
 import os
-import re
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from absl import logging
 import numpy as np
@@ -49,18 +47,18 @@ from elbo import config as config_lib
 from elbo import data
 from elbo import diagnostics
 from elbo import distribute
+from elbo import eval_store
 from elbo import losses
 from elbo import models
+from elbo import run_record
 from elbo import streams
 from elbo import summaries
 
 __all__ = ['EvalConfig', 'USER_ERRORS', 'WorkerLostError', 'evaluate_run',
            'importance_sampled_terms', 'restore_model']
 
-_PER_EXAMPLE = ('reconstruction', 'kl', 'elbo', 'log_likelihood')
-# (start, stop): the test images of one call.
-_Call = Tuple[int, int]
-_Values = Dict[str, np.ndarray]
+_Call = eval_store.Call
+_Values = eval_store.Values
 ModelFn = Callable[[config_lib.Config], models.VAE]
 # Seconds between progress lines (and scalars) between saves.
 _LOG_EVERY_SECONDS = 60.0
@@ -264,129 +262,6 @@ def _summary(values: _Values) -> Dict[str, Dict[str, float]]:
           for name, v in values.items()}
 
 
-def _calls(num_examples: int, per_call: int) -> List[_Call]:
-  """The calls of an evaluation of the first `num_examples` test images:
-  whole calls of `per_call` images, the last one possibly shorter."""
-  return [(start, min(start + per_call, num_examples))
-          for start in range(0, num_examples, per_call)]
-
-
-def _save(path: str, key: Dict[str, object], values: _Values,
-          **extra) -> None:
-  """Atomic: a kill mid-write leaves the previous file intact."""
-  temporary = path + '.tmp.npz'
-  np.savez(temporary, **key, **extra, **values)
-  os.replace(temporary, path)
-
-
-def _read(path: str, key: Dict[str, object]):
-  """(the saved file's arrays, None) if the file at `path` was computed
-  with the same `key` (checkpoint step, seed, precision, chunking), else
-  (None, the key it was computed with)."""
-  with np.load(path) as saved:
-    found = {name: saved[name].item() for name in key if name in saved}
-    if found == key:
-      return {name: saved[name] for name in saved.files}, None
-  return None, found
-
-
-def _prefix_calls(values: _Values, per_call: int) -> Dict[_Call, _Values]:
-  """The calls held by per-example results in test-set order: whole calls,
-  the last one shorter if it ended an evaluation."""
-  return {(start, stop): {name: values[name][start:stop]
-                          for name in _PER_EXAMPLE}
-          for start, stop in _calls(len(values['elbo']), per_call)}
-
-
-def _prefix(known: Dict[_Call, _Values], per_call: int) -> _Values:
-  """The longest run of `known` calls from image 0 that a single process
-  could have saved: whole calls, then at most one shorter last one."""
-  stops = {}
-  for start, stop in known:
-    stops.setdefault(start, []).append(stop)
-  parts, start = [], 0
-  while start in stops:
-    stop = max(stops[start])
-    parts.append(known[(start, stop)])
-    if stop - start < per_call:
-      break
-    start = stop
-  return {name: np.concatenate([np.zeros([0])] + [p[name] for p in parts])
-          for name in _PER_EXAMPLE}
-
-
-def _merged_path(workdir: str, k: int) -> str:
-  return os.path.join(workdir, f'evaluation_k{k}.partial.npz')
-
-
-def _share_path(workdir: str, k: int, worker: int, num_workers: int) -> str:
-  return os.path.join(workdir,
-                      f'evaluation_k{k}.worker{worker}of{num_workers}'
-                      '.partial.npz')
-
-
-def _load_known(workdir: str, k: int, key: Dict[str, object],
-                per_call: int) -> Dict[_Call, _Values]:
-  """Every call saved for this k with the same `key`: the single-process
-  (merged) file, in test-set order, and the workers' shares, whatever the
-  number of workers that wrote them."""
-  known = {}
-  merged = _merged_path(workdir, k)
-  if os.path.exists(merged):
-    values, found = _read(merged, key)
-    if values is None:
-      logging.warning('%s was computed with %s, not %s: starting over.',
-                      merged, found, key)
-    else:
-      known.update(_prefix_calls(values, per_call))
-  for path in glob.glob(os.path.join(
-      workdir, f'evaluation_k{k}.worker*of*.partial.npz')):
-    values, _ = _read(path, key)
-    if values is not None:
-      for start, stop, offset in zip(values['starts'], values['stops'],
-                                     values['offsets']):
-        known[(int(start), int(stop))] = {
-            name: values[name][offset:offset + stop - start]
-            for name in _PER_EXAMPLE}
-  return known
-
-
-def _save_share(path: str, key: Dict[str, object],
-                calls: Dict[_Call, _Values], progress: Dict[str, float]):
-  """A worker's calls, with their bounds, and its progress for the chief."""
-  ordered = sorted(calls)
-  sizes = [stop - start for start, stop in ordered]
-  _save(path, key, {
-      name: np.concatenate([np.zeros([0])] + [calls[c][name]
-                                               for c in ordered])
-      for name in _PER_EXAMPLE},
-        starts=np.array([s for s, _ in ordered], np.int64),
-        stops=np.array([e for _, e in ordered], np.int64),
-        offsets=np.cumsum([0] + sizes[:-1]).astype(np.int64), **progress)
-
-
-def _reusable_draws(workdir: str, k: int, key: Dict[str, object],
-                    per_call: int) -> Optional[_Values]:
-  """The saved whole-call results (test-set order, single-process file)
-  with the most samples k' < k and the same `key`, plus
-  `'num_samples': k'`; None if there are none."""
-  smaller = []
-  for path in glob.glob(os.path.join(workdir, 'evaluation_k*.partial.npz')):
-    match = re.fullmatch(r'evaluation_k(\d+)\.partial\.npz',
-                         os.path.basename(path))
-    if match and int(match.group(1)) < k:
-      smaller.append((int(match.group(1)), path))
-  for samples, path in sorted(smaller, reverse=True):
-    values, _ = _read(path, key)
-    if values is not None:
-      whole = len(values['elbo']) - len(values['elbo']) % per_call
-      if whole:
-        return {'num_samples': samples,
-                **{name: values[name][:whole] for name in _PER_EXAMPLE}}
-      return None
-  return None
-
-
 def _worker(strategy: tf.distribute.Strategy) -> Tuple[int, int]:
   """(index, number) of this worker: the chief first, then the workers."""
   if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
@@ -419,6 +294,60 @@ def _duration(seconds: float) -> str:
   return str(datetime.timedelta(seconds=round(seconds)))
 
 
+class _Restored(NamedTuple):
+  """A run's model at its latest checkpoint and the test images."""
+  model: models.VAE
+  config: config_lib.Config
+  step: int
+  binary: np.ndarray  # The binarized test images to evaluate.
+
+
+@dataclasses.dataclass
+class _Plan:
+  """What this worker computes of an evaluation, and what it reuses."""
+  k: int
+  per_call: int
+  calls: List[_Call]  # All calls, in test-set order.
+  mine: List[_Call]  # This worker's: calls w, w + W, w + 2W, ...
+  todo: List[_Call]  # Those of `mine` not saved yet.
+  known: Dict[_Call, _Values]  # Saved or computed: grows as calls finish.
+  reusable: Optional[_Values]  # A smaller k's draws, from `EvalStore`.
+  worker: int
+  num_workers: int
+
+  def reuses(self, call: _Call) -> bool:
+    """Whether the saved draws of a smaller k stand in for the call's
+    first draws: a whole call that the smaller evaluation finished."""
+    return (self.reusable is not None and
+            call[1] - call[0] == self.per_call and
+            call[1] <= len(self.reusable['elbo']))
+
+  def passes(self, call: _Call) -> int:
+    """Decoder passes the call still costs."""
+    draws = self.k - (self.reusable['num_samples'] if self.reuses(call)
+                      else 0)
+    return (call[1] - call[0]) * draws
+
+  def groups(self, local: int) -> List[List[_Call]]:
+    """`todo` in groups of calls, one per replica, alike in size and
+    reuse: a group's replicas draw the same number of samples in
+    lockstep."""
+    alike = lambda call: (call[1] - call[0], self.reuses(call))
+    groups = []
+    for call in self.todo:
+      if (groups and len(groups[-1]) < local and
+          alike(call) == alike(groups[-1][0])):
+        groups[-1].append(call)
+      else:
+        groups.append([call])
+    return groups
+
+  def own_values(self) -> _Values:
+    """This worker's finished calls' per-example values."""
+    return eval_store.concatenate(
+        [self.known[call] for call in self.mine if call in self.known])
+
+
 class _Progress:
   """Images done, decoder passes per second and the time left, of this
   worker's share and, on the chief, of all workers (from their saved
@@ -426,20 +355,21 @@ class _Progress:
   worker's in `eval/worker_{w}` when there are several, all workers' in
   `eval/`)."""
 
-  def __init__(self, workdir: str, k: int, worker: int, num_workers: int,
-               chief: bool, total_images: int, share_images: int,
-               done_images: int, remaining_passes: int):
-    self._workdir, self._k = workdir, k
-    self._worker, self._num_workers, self._chief = (worker, num_workers,
-                                                    chief)
+  def __init__(self, store: eval_store.EvalStore, plan: _Plan, chief: bool,
+               total_images: int):
+    self._store, self._k = store, plan.k
+    self._worker, self._num_workers, self._chief = (
+        plan.worker, plan.num_workers, chief)
     self._total_images = total_images
-    self.share_images, self.done_images = share_images, done_images
-    self.remaining_passes = remaining_passes
+    self.share_images = sum(e - s for s, e in plan.mine)
+    self.done_images = sum(e - s for s, e in plan.mine if (s, e) in plan.known)
+    self.remaining_passes = sum(map(plan.passes, plan.todo))
     self._passes, self._seconds = 0, 0.
     self._last_log = time.perf_counter()
-    make = lambda name: summaries.SummaryWriter(os.path.join(workdir, name))
-    self._own_writer = make(f'eval/worker_{worker}') if (
-        num_workers > 1) else None
+    make = lambda name: summaries.SummaryWriter(
+        os.path.join(store.workdir, name))
+    self._own_writer = make(f'eval/worker_{plan.worker}') if (
+        plan.num_workers > 1) else None
     self._total_writer = make('eval') if chief else None
 
   def add(self, images: int, passes: int, seconds: float) -> None:
@@ -465,12 +395,8 @@ class _Progress:
     shares = [self.as_saved()]
     for other in range(self._num_workers):
       if other != self._worker:
-        path = _share_path(self._workdir, self._k, other, self._num_workers)
-        try:
-          with np.load(path) as saved:
-            shares.append({name: float(saved[name]) for name in shares[0]})
-        except (OSError, KeyError, ValueError):
-          shares.append(None)
+        shares.append(self._store.share_progress(other, self._num_workers,
+                                                 list(shares[0])))
     known = [share for share in shares if share is not None]
     busy = [share for share in known
             if share['progress_remaining_passes'] > 0]
@@ -529,7 +455,8 @@ def evaluate_run(workdir: str, eval_config: EvalConfig,
   per-example results, in test-set order, that a rerun continues from,
   whether it asks for the same subset, a larger one or the whole split.
   The saved results of an evaluation with fewer samples stand in for its
-  draws (module docstring).
+  draws (module docstring). The workdir may be on any filesystem
+  TensorFlow reads (`gs://...`).
 
   Under `eval_config.strategy` the calls are shared out (module
   docstring). With several workers each saves its share as
@@ -555,9 +482,22 @@ def evaluate_run(workdir: str, eval_config: EvalConfig,
   """
   # First, before any other TF op: multi-worker collectives need it.
   strategy = distribute.make_strategy(eval_config.strategy, eval_config.tpu)
-  worker, num_workers = _worker(strategy)
-  chief = distribute.is_chief(strategy)
-  local = _local_replicas(strategy)
+  run = _restore(workdir, eval_config, model_fn, strategy)
+  store = eval_store.EvalStore(workdir, eval_config.num_samples,
+                               _key(run.step, eval_config),
+                               eval_config.examples_per_call)
+  plan = _plan(store, len(run.binary), strategy)
+  _compute(plan, store, run, eval_config, strategy)
+  per_example = _gather(plan, store, strategy)
+  if per_example is None:
+    return None
+  return _report(workdir, eval_config, run, per_example)
+
+
+def _restore(workdir: str, eval_config: EvalConfig,
+             model_fn: Optional[ModelFn],
+             strategy: tf.distribute.Strategy) -> _Restored:
+  """The run's model (made under `strategy`) and the test images."""
   overrides = {'data_dir': eval_config.data_dir} if eval_config.data_dir else {}
   with strategy.scope():
     model, config, step = restore_model(workdir, eval_config.precision,
@@ -567,129 +507,144 @@ def evaluate_run(workdir: str, eval_config: EvalConfig,
   binary = np.concatenate(list(data.eval_batches(images, 10_000)))
   if eval_config.num_examples:
     binary = binary[:eval_config.num_examples]
-  k, per_call = eval_config.num_samples, eval_config.examples_per_call
-  name = f'evaluation_k{k}' + (f'_n{len(binary)}'
-                               if eval_config.num_examples else '')
-  # Everything the draws depend on.
-  key = {'step': step, 'seed': eval_config.seed,
-         'precision': eval_config.precision,
-         'examples_per_call': per_call,
-         'decoder_passes_per_call': eval_config.decoder_passes_per_call}
-  known = _load_known(workdir, k, key, per_call)
-  calls = _calls(len(binary), per_call)
+  return _Restored(model, config, step, binary)
+
+
+def _key(step: int, eval_config: EvalConfig) -> Dict[str, object]:
+  """Everything the draws depend on: saved results with another key are
+  not reused."""
+  return {'step': step, 'seed': eval_config.seed,
+          'precision': eval_config.precision,
+          'examples_per_call': eval_config.examples_per_call,
+          'decoder_passes_per_call': eval_config.decoder_passes_per_call}
+
+
+def _plan(store: eval_store.EvalStore, num_examples: int,
+          strategy: tf.distribute.Strategy) -> _Plan:
+  """This worker's calls, those already saved, and the draws of a smaller
+  finished evaluation that can stand in for the first ones."""
+  worker, num_workers = _worker(strategy)
+  known = store.load_known()
+  calls = eval_store.calls(num_examples, store.per_call)
   mine = calls[worker::num_workers]
-  todo = [call for call in mine if call not in known]
-  reusable = _reusable_draws(workdir, k, key, per_call)
-  reuses = lambda call: (reusable is not None and
-                         call[1] - call[0] == per_call and
-                         call[1] <= len(reusable['elbo']))
-  passes = lambda call: (call[1] - call[0]) * (
-      k - reusable['num_samples'] if reuses(call) else k)
-  if len(todo) < len(mine):
+  plan = _Plan(k=store.k, per_call=store.per_call, calls=calls, mine=mine,
+               todo=[call for call in mine if call not in known],
+               known=known, reusable=store.reusable_draws(), worker=worker,
+               num_workers=num_workers)
+  if len(plan.todo) < len(mine):
     logging.info('evaluation_k%d: %d of %d calls of this worker already '
-                 'done.', k, len(mine) - len(todo), len(mine))
-  if any(reuses(call) for call in todo):
+                 'done.', plan.k, len(mine) - len(plan.todo), len(mine))
+  if any(map(plan.reuses, plan.todo)):
     logging.info('Reusing the first %d draws of %d calls from '
-                 'evaluation_k%d.', reusable['num_samples'],
-                 sum(map(reuses, todo)), reusable['num_samples'])
+                 'evaluation_k%d.', plan.reusable['num_samples'],
+                 sum(map(plan.reuses, plan.todo)),
+                 plan.reusable['num_samples'])
+  return plan
 
-  terms_fn = importance_sampled_terms(model, config, eval_config, strategy)
+
+def _compute(plan: _Plan, store: eval_store.EvalStore, run: _Restored,
+             eval_config: EvalConfig,
+             strategy: tf.distribute.Strategy) -> None:
+  """Computes this worker's calls not yet saved, one group of calls (one
+  per replica) at a time, saving every `save_every` images."""
+  terms_fn = importance_sampled_terms(run.model, run.config, eval_config,
+                                      strategy)
   base_seed = streams.seed(eval_config.seed, streams.EVAL_IMPORTANCE)
-  share = (_merged_path(workdir, k) if num_workers == 1 else
-           _share_path(workdir, k, worker, num_workers))
-  progress = _Progress(workdir, k, worker, num_workers, chief, len(binary),
-                       sum(e - s for s, e in mine),
-                       sum(e - s for s, e in mine if (s, e) in known),
-                       sum(map(passes, todo)))
-
-  def save():
-    if num_workers == 1:
-      _save(share, key, _prefix(known, per_call))
-    else:
-      _save_share(share, key, {c: known[c] for c in mine if c in known},
-                  progress.as_saved())
-
-  def own_values() -> _Values:
-    done = [known[c] for c in mine if c in known]
-    return {n: np.concatenate([np.zeros([0])] + [v[n] for v in done])
-            for n in _PER_EXAMPLE}
-
-  # Groups of calls, one per replica, alike in size and reuse: a group's
-  # replicas draw the same number of samples in lockstep.
-  groups = []
-  for call in todo:
-    if (groups and len(groups[-1]) < local and
-        (call[1] - call[0], reuses(call)) ==
-        (groups[-1][0][1] - groups[-1][0][0], reuses(groups[-1][0]))):
-      groups[-1].append(call)
-    else:
-      groups.append([call])
-  if not todo:
-    logging.info('evaluation_k%d: nothing to compute on this worker.', k)
+  progress = _Progress(store, plan, distribute.is_chief(strategy),
+                       len(run.binary))
+  local = _local_replicas(strategy)
+  groups = plan.groups(local)
+  if not groups:
+    logging.info('evaluation_k%d: nothing to compute on this worker.',
+                 plan.k)
   since_save = 0
   for group in groups:
     began = time.perf_counter()
-    padded = group + [group[0]] * (local - len(group))  # Results unused.
-    seeds = [tf.random.experimental.stateless_fold_in(base_seed, s).numpy()
-             for s, _ in padded]
-    reused = None
-    if reuses(group[0]):
-      reused = {n: np.stack([reusable[n][s:e] for s, e in padded])
-                for n in _PER_EXAMPLE}
-      reused['num_samples'] = reusable['num_samples']
-    values = terms_fn(np.stack([binary[s:e] for s, e in padded]),
-                      np.stack(seeds), reused)
-    for index, call in enumerate(group):
-      known[call] = {n: values[n][index] for n in _PER_EXAMPLE}
-    progress.add(sum(e - s for s, e in group), sum(map(passes, group)),
+    _compute_group(plan, group, terms_fn, run.binary, base_seed, local)
+    images = sum(e - s for s, e in group)
+    progress.add(images, sum(map(plan.passes, group)),
                  time.perf_counter() - began)
-    since_save += sum(e - s for s, e in group)
+    since_save += images
     if since_save >= eval_config.save_every:
-      save()
+      _save(plan, store, progress)
       since_save = 0
-      progress.log(own_values(), force=True)
-    else:
-      progress.log(own_values())
+    progress.log(plan.own_values(), force=since_save == 0)  # After a save.
   if since_save:
-    save()
-    progress.log(own_values(), force=True)
+    _save(plan, store, progress)
+    progress.log(plan.own_values(), force=True)
 
-  if num_workers > 1:
+
+def _compute_group(plan: _Plan, group: List[_Call], terms_fn,
+                   binary: np.ndarray, base_seed: tf.Tensor,
+                   local: int) -> None:
+  """The group's calls, one per replica, into `plan.known`; a call's draws
+  are keyed by its first image."""
+  padded = group + [group[0]] * (local - len(group))  # Results unused.
+  seeds = [tf.random.experimental.stateless_fold_in(base_seed, s).numpy()
+           for s, _ in padded]
+  reused = None
+  if plan.reuses(group[0]):
+    reused = {n: np.stack([plan.reusable[n][s:e] for s, e in padded])
+              for n in eval_store.PER_EXAMPLE}
+    reused['num_samples'] = plan.reusable['num_samples']
+  values = terms_fn(np.stack([binary[s:e] for s, e in padded]),
+                    np.stack(seeds), reused)
+  for index, call in enumerate(group):
+    plan.known[call] = {n: values[n][index] for n in eval_store.PER_EXAMPLE}
+
+
+def _save(plan: _Plan, store: eval_store.EvalStore,
+          progress: _Progress) -> None:
+  """A single process's calls from image 0, or a worker's share."""
+  if plan.num_workers == 1:
+    store.save_prefix(plan.known)
+  else:
+    store.save_share(plan.worker, plan.num_workers,
+                     {c: plan.known[c] for c in plan.mine if c in plan.known},
+                     progress.as_saved())
+
+
+def _gather(plan: _Plan, store: eval_store.EvalStore,
+            strategy: tf.distribute.Strategy) -> Optional[_Values]:
+  """The per-example results of every call, in test-set order, on the
+  chief once all workers have saved their shares (merged into the
+  single-process file); None on the other workers."""
+  k = plan.k
+  if plan.num_workers > 1:
     logging.info('evaluation_k%d: worker %d/%d done; waiting for the '
-                 'others.', k, worker, num_workers)
+                 'others.', k, plan.worker, plan.num_workers)
     try:
-      _sum_over_workers(strategy, len(todo))
+      _sum_over_workers(strategy, len(plan.todo))
     except tf.errors.OpError as e:
       detail = ' '.join(str(e).split())[:200]
       raise WorkerLostError(
           f'Another worker stopped before its share of evaluation_k{k} was '
           f'saved; run all workers again to continue ({detail}).') from e
-    if not chief:
+    if not distribute.is_chief(strategy):
       return None
-    known.update(_load_known(workdir, k, key, per_call))
-    missing = [call for call in calls if call not in known]
+    plan.known.update(store.load_known())
+    missing = [call for call in plan.calls if call not in plan.known]
     if missing:
       raise WorkerLostError(f'{len(missing)} calls of evaluation_k{k} are '
                             'not saved; run all workers again.')
-  shares = glob.glob(os.path.join(
-      workdir, f'evaluation_k{k}.worker*of*.partial.npz'))
-  if shares:
-    # The merged file, as one process would have written it; then the
-    # shares are redundant.
-    _save(_merged_path(workdir, k), key, _prefix(known, per_call))
-    for path in shares:
-      os.remove(path)
+  store.merge_shares(plan.known)
+  return {n: np.concatenate([plan.known[c][n] for c in plan.calls])
+          for n in eval_store.PER_EXAMPLE}
 
-  per_example = {n: np.concatenate([known[c][n] for c in calls])
-                 for n in _PER_EXAMPLE}
+
+def _report(workdir: str, eval_config: EvalConfig, run: _Restored,
+            per_example: _Values) -> Dict:
+  """The figures and latent diagnostics: as the JSON file (returned) and
+  as TensorBoard scalars under `eval/`."""
+  k = eval_config.num_samples
   summary = _summary(per_example)
   # Active units, I(x; z), KL per dimension (elbo.diagnostics).
   latent = diagnostics.diagnostics_summary(
-      model, tf.constant(binary[:streams.NUM_DIAGNOSTIC_IMAGES]),
+      run.model, tf.constant(run.binary[:streams.NUM_DIAGNOSTIC_IMAGES]),
       streams.seed(eval_config.seed, streams.EVAL_DIAGNOSTIC))
   result = {
-      'workdir': workdir, 'step': step, 'num_samples': k,
-      'num_examples': len(binary), 'dataset': config.dataset,
+      'workdir': workdir, 'step': run.step, 'num_samples': k,
+      'num_examples': len(run.binary), 'dataset': run.config.dataset,
       'precision': eval_config.precision,
       'neg_elbo': -summary['elbo']['mean'],
       'nll': -summary['log_likelihood']['mean'],
@@ -697,12 +652,14 @@ def evaluate_run(workdir: str, eval_config: EvalConfig,
       'latent': {name: v.tolist() if isinstance(v, np.ndarray) else v
                  for name, v in latent.items()},
   }
-  with open(os.path.join(workdir, name + '.json'), 'w') as f:
-    json.dump(result, f, indent=2)
+  name = f'evaluation_k{k}' + (f'_n{len(run.binary)}'
+                               if eval_config.num_examples else '')
+  run_record.write_file(os.path.join(workdir, name + '.json'),
+                        json.dumps(result, indent=2))
   writer = summaries.SummaryWriter(os.path.join(workdir, 'eval'))
-  writer.scalars(step, {'neg_elbo': result['neg_elbo'],
-                        'reconstruction': summary['reconstruction']['mean'],
-                        'kl': summary['kl']['mean'],
-                        f'nll/k{k}': result['nll']})
-  diagnostics.write_summaries(writer, step, latent)
+  writer.scalars(run.step, {
+      'neg_elbo': result['neg_elbo'],
+      'reconstruction': summary['reconstruction']['mean'],
+      'kl': summary['kl']['mean'], f'nll/k{k}': result['nll']})
+  diagnostics.write_summaries(writer, run.step, latent)
   return result

@@ -18,8 +18,19 @@ left to release the lock: the server does when the client's lease expires
 (NFSv4: about 90 s), or, under NFSv3's lock manager, only when that machine
 reboots. The refusal then names a host that is gone; deleting the lock file
 frees the workdir (the next run locks a new file). Filesystems without locks
-(`ENOLCK`, e.g. NFS mounted with `nolock`, some FUSE mounts) and non-local
-paths (`gs://...`) are not locked: a warning says so.
+(`ENOLCK`, e.g. NFS mounted with `nolock`, some FUSE mounts) are not locked:
+a warning says so.
+
+Non-local paths (`gs://...`, any `scheme://`) have no `flock`: there the
+lock is a lease. The run writes `WORKDIR/.lock` through `tf.io.gfile`
+(holder, and the time it last renewed it) and renews it every
+`_RENEW_SECONDS` from a background thread. A run that finds a lease renewed
+less than `LEASE_SECONDS` ago stops with `WorkdirLockError` (deleting the
+file, if that run is known dead, frees the workdir at once); an older lease
+is that of a dead run and is taken over. Two runs starting within the same
+second could both find no lock: after writing its lease, a run waits
+`_SETTLE_SECONDS` and reads it back, and only the one whose lease is there
+goes on.
 """
 
 import contextlib
@@ -29,13 +40,21 @@ import fcntl
 import json
 import os
 import socket
-from typing import Iterator
+import threading
+import time
+from typing import Iterator, Optional
+import uuid
 
 from absl import logging
+import tensorflow as tf
 
 __all__ = ['LOCK_FILE', 'WorkdirLockError', 'hold']
 
 LOCK_FILE = '.lock'
+# Non-local workdirs: a lease not renewed for this long is a dead run's.
+LEASE_SECONDS = 300.
+_RENEW_SECONDS = 30.
+_SETTLE_SECONDS = 2.
 
 
 class WorkdirLockError(RuntimeError):
@@ -69,9 +88,8 @@ def hold(workdir: str, chief: bool = True) -> Iterator[None]:
     yield
     return
   if '://' in workdir:
-    logging.warning('%s is not on a local filesystem: not locked; make sure '
-                    'no other run uses it.', workdir)
-    yield
+    with _lease(workdir):
+      yield
     return
   path = os.path.join(workdir, LOCK_FILE)
   try:
@@ -109,3 +127,86 @@ def hold(workdir: str, chief: bool = True) -> Iterator[None]:
         os.ftruncate(fd, 0)  # While still holding it: nobody is named.
   finally:
     os.close(fd)  # Releases the lock.
+
+
+def _read_lease(path: str) -> Optional[dict]:
+  try:
+    with tf.io.gfile.GFile(path) as f:
+      return json.loads(f.read())
+  except (tf.errors.NotFoundError, ValueError):
+    return None
+
+
+def _write_lease(path: str, lease: dict, overwrite: bool) -> None:
+  """Atomically (a temporary file, then a rename). The temporary's name
+  does not start with the lock's (on `ram://` that would make the lock
+  seem to exist)."""
+  temporary = os.path.join(os.path.dirname(path), f'.tmp-{lease["token"]}')
+  with tf.io.gfile.GFile(temporary, 'w') as f:
+    f.write(json.dumps({**lease, 'renewed': time.time()}) + '\n')
+  try:
+    tf.io.gfile.rename(temporary, path, overwrite=overwrite)
+  except tf.errors.AlreadyExistsError:
+    tf.io.gfile.remove(temporary)
+    raise
+
+
+def _check_free(path: str, workdir: str) -> bool:
+  """Whether a (dead run's) lease is there; raises if a live one is."""
+  if not tf.io.gfile.exists(path):
+    return False
+  held = _read_lease(path)
+  if held is None:
+    raise WorkdirLockError(f'{path} is not a lease this library wrote; '
+                           f'delete it if no run uses {workdir}.')
+  age = time.time() - held.get('renewed', 0)
+  if age < LEASE_SECONDS:
+    raise WorkdirLockError(
+        f'{workdir} is in use by pid {held.get("pid")} on host '
+        f'{held.get("host")} since {held.get("started")} (its lease {path} '
+        f'was renewed {age:.0f} s ago). Stop that run; if it is dead, '
+        f'delete {path} or wait {LEASE_SECONDS - age:.0f} s.')
+  logging.warning('%s: lease of pid %s on host %s not renewed for %.0f s: '
+                  'taking over.', path, held.get('pid'), held.get('host'), age)
+  return True
+
+
+@contextlib.contextmanager
+def _lease(workdir: str) -> Iterator[None]:
+  """The lock of a non-local workdir (module docstring)."""
+  path = os.path.join(workdir, LOCK_FILE)
+  tf.io.gfile.makedirs(workdir)
+  lease = {'pid': os.getpid(), 'host': socket.gethostname(),
+           'started': datetime.datetime.now(datetime.timezone.utc).isoformat(
+               timespec='seconds'), 'token': uuid.uuid4().hex}
+  try:
+    _write_lease(path, lease, overwrite=_check_free(path, workdir))
+  except tf.errors.AlreadyExistsError:
+    _check_free(path, workdir)  # Raises: another run has just written it.
+  time.sleep(_SETTLE_SECONDS)
+  if (_read_lease(path) or {}).get('token') != lease['token']:
+    raise WorkdirLockError(f'{workdir}: another run took {path} at the same '
+                           'time; it goes on, this one stops.')
+  stop = threading.Event()
+
+  def renew():
+    while not stop.wait(_RENEW_SECONDS):
+      try:
+        if (_read_lease(path) or {}).get('token') != lease['token']:
+          logging.error('%s no longer names this run (was it stalled for '
+                        '%.0f s?): another run may be writing %s.', path,
+                        LEASE_SECONDS, workdir)
+          return
+        _write_lease(path, lease, overwrite=True)
+      except tf.errors.OpError as e:  # Say a network error: retry.
+        logging.warning('Cannot renew %s: %s', path, e)
+
+  renewer = threading.Thread(target=renew, daemon=True)
+  renewer.start()
+  try:
+    yield
+  finally:
+    stop.set()
+    renewer.join()
+    if (_read_lease(path) or {}).get('token') == lease['token']:
+      tf.io.gfile.remove(path)

@@ -20,12 +20,12 @@ from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
-import tensorflow as tf
 
 from elbo import data
 from elbo import diagnostics
 from elbo import evaluation
 from elbo import images
+from elbo import run_record
 from elbo import streams
 from elbo import summaries
 
@@ -74,8 +74,8 @@ def main(argv):
                                               _DIAGNOSTIC_EXAMPLES.value),
             **{name: value.tolist() if isinstance(value, np.ndarray)
                else value for name, value in summary.items()}}
-  with open(os.path.join(workdir, 'diagnostics.json'), 'w') as f:
-    json.dump(result, f, indent=2)
+  run_record.write_file(os.path.join(workdir, 'diagnostics.json'),
+                        json.dumps(result, indent=2))
   kl = np.sort(summary['kl_per_dimension'])[::-1]
   logging.info('Step %d: %d active units of %d; I_q(x; z) %.2f nats (at most '
                'log %d = %.2f); total correlation %.2f; KL per dimension, '

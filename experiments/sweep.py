@@ -24,6 +24,7 @@ from typing import Any, Dict, List
 from absl import app
 from absl import flags
 from absl import logging
+import tensorflow as tf
 
 from elbo import config as config_lib
 from elbo import flag_utils
@@ -56,7 +57,8 @@ flags.adopt_module_key_flags(flag_utils)  # --help lists them.
 flags.register_validator('seeds', _all_integers,
                          message='--seeds must be distinct integers.')
 flags.register_validator(
-    'workdir', lambda path: not os.path.exists(path) or os.path.isdir(path),
+    'workdir',
+    lambda path: not tf.io.gfile.exists(path) or tf.io.gfile.isdir(path),
     message='--workdir exists and is not a directory.')
 
 

@@ -10,8 +10,10 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
+import tensorflow as tf
 
 from elbo import workdir_lock
 import conftest
@@ -103,3 +105,69 @@ def test_a_workdir_that_cannot_be_made_is_a_one_line_error(tmp_path):
                      match=f'^Cannot create {blocker}/run/.lock: '):
     with workdir_lock.hold(str(blocker / 'run')):
       pass
+
+
+class TestLeaseOnNonLocalWorkdir:
+  """`ram://` (TensorFlow's in-memory filesystem) stands in for `gs://`."""
+
+  @pytest.fixture
+  def workdir(self, monkeypatch, request):
+    monkeypatch.setattr(workdir_lock, '_SETTLE_SECONDS', 0.)
+    return f'ram://lock-test/{request.node.name}'
+
+  def _lease(self, workdir):
+    with tf.io.gfile.GFile(workdir + '/' + workdir_lock.LOCK_FILE) as f:
+      return json.loads(f.read())
+
+  def test_a_live_lease_refuses_a_second_run_and_is_removed_at_the_end(
+      self, workdir):
+    with workdir_lock.hold(workdir):
+      assert self._lease(workdir)['pid'] == os.getpid()
+      with pytest.raises(workdir_lock.WorkdirLockError,
+                         match=f'in use by pid {os.getpid()} on host .*'
+                               'renewed 0 s ago'):
+        with workdir_lock.hold(workdir):
+          pass
+    assert not tf.io.gfile.exists(workdir + '/' + workdir_lock.LOCK_FILE)
+    with workdir_lock.hold(workdir):
+      pass
+
+  def test_a_dead_runs_lease_is_taken_over_once_expired(self, workdir):
+    path = workdir + '/' + workdir_lock.LOCK_FILE
+    tf.io.gfile.makedirs(workdir)
+    dead = {'pid': 1, 'host': 'gone', 'started': 'then', 'token': 'x',
+            'renewed': time.time() - workdir_lock.LEASE_SECONDS + 60}
+    with tf.io.gfile.GFile(path, 'w') as f:
+      f.write(json.dumps(dead))
+    with pytest.raises(workdir_lock.WorkdirLockError,
+                       match=r'pid 1 on host gone .* wait (59|60) s\.$'):
+      with workdir_lock.hold(workdir):
+        pass
+    tf.io.gfile.remove(path)  # 'w' appends to a file on ram://.
+    with tf.io.gfile.GFile(path, 'w') as f:
+      f.write(json.dumps({**dead, 'renewed': dead['renewed'] - 61}))
+    with workdir_lock.hold(workdir):
+      assert self._lease(workdir)['pid'] == os.getpid()
+
+  def test_the_lease_is_renewed_while_held(self, workdir, monkeypatch):
+    monkeypatch.setattr(workdir_lock, '_RENEW_SECONDS', 0.05)
+    with workdir_lock.hold(workdir):
+      first = self._lease(workdir)['renewed']
+      time.sleep(0.3)
+      assert self._lease(workdir)['renewed'] > first
+
+  def test_a_run_that_loses_the_race_stops(self, workdir, monkeypatch):
+    path = workdir + '/' + workdir_lock.LOCK_FILE
+    real_sleep = time.sleep
+
+    def other_run_writes(seconds):  # Another run's lease lands meanwhile.
+      tf.io.gfile.remove(path)
+      with tf.io.gfile.GFile(path, 'w') as f:
+        f.write(json.dumps({'token': 'other', 'renewed': time.time()}))
+      real_sleep(seconds)
+
+    monkeypatch.setattr(workdir_lock.time, 'sleep', other_run_writes)
+    with pytest.raises(workdir_lock.WorkdirLockError,
+                       match='another run took .* at the same time'):
+      with workdir_lock.hold(workdir):
+        pass
