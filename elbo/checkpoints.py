@@ -93,6 +93,16 @@ def _candidates(directory: str) -> List[str]:
   return candidates
 
 
+def _reader(path: str):
+  """A reader of the checkpoint at `path` (a prefix, not a directory).
+
+  Not `tf.train.load_checkpoint`: it takes a path that is a directory for
+  the directory's latest checkpoint, and `ram://` reports any prefix of a
+  file's name (`ckpt-4` of `ckpt-4.index`) as a directory.
+  """
+  return tf.compat.v1.train.NewCheckpointReader(path)
+
+
 def _read_error(path: str) -> Optional[str]:
   """None if every tensor of checkpoint `path` reads (sizes and checksums
   check out), else what failed, naming the file (in the same directory)."""
@@ -101,7 +111,7 @@ def _read_error(path: str) -> Optional[str]:
   detail = lambda e: _detail(
       str(e).replace(os.path.dirname(path) + os.sep, ''), 200)
   try:
-    reader = tf.train.load_checkpoint(path)
+    reader = _reader(path)
   except (tf.errors.OpError, IndexError, ValueError) as e:
     return f'{os.path.basename(path)}.index: {detail(e)}'
   try:
@@ -204,7 +214,8 @@ def _without_missing(checkpoint: tf.train.Checkpoint, path: str,
   checkpoint of the others (the same objects, so they receive the values)."""
   if not optional:
     return checkpoint
-  saved = {name.split('/', 1)[0] for name, _ in tf.train.list_variables(path)}
+  saved = {name.split('/', 1)[0]
+           for name in _reader(path).get_variable_to_shape_map()}
   if all(name in saved for name in optional):
     return checkpoint
   objects = {name: value for name, value in vars(checkpoint).items()
