@@ -168,16 +168,32 @@ def importance_sampled_terms(
   values [R, B]. The sums over chunks are taken on the host in float64, so
   a call's figures do not depend on the replica that computed it.
   """
-  k = eval_config.num_samples
-  chunk = max(1, min(k, eval_config.decoder_passes_per_call //
-                     eval_config.examples_per_call))
-  replicated = strategy is not None
-  strategy = strategy or tf.distribute.get_strategy()
-  local = _local_replicas(strategy)
+  return _ImportanceSampler(model, config, eval_config, strategy)
 
-  @tf.function
-  def chunk_sums(images, seeds, samples, skip):
+
+class _ImportanceSampler:
+  """The function `importance_sampled_terms` returns: compiled sums over
+  each chunk of draws, per replica, added up on the host."""
+
+  def __init__(self, model: models.VAE, config: config_lib.Config,
+               eval_config: EvalConfig,
+               strategy: Optional[tf.distribute.Strategy]):
+    self._model, self._analytic = model, config.kl == 'analytic'
+    self._k = eval_config.num_samples
+    self._chunk = max(1, min(self._k, eval_config.decoder_passes_per_call //
+                             eval_config.examples_per_call))
+    self._replicated = strategy is not None
+    self._strategy = strategy or tf.distribute.get_strategy()
+    self._local = _local_replicas(self._strategy)
+    self._chunk_sums = tf.function(self._chunk_sums_per_replica)
+    self._analytic_kl = tf.function(lambda images: self._strategy.run(
+        lambda x: losses.kl_divergence(
+            model.approx_posterior(x), latent_prior=model.latent_prior()),
+        args=(images,)))
+
+  def _chunk_sums_per_replica(self, images, seeds, samples, skip):
     """Per replica: sums over draws [skip, samples) of the chunk."""
+    model = self._model
 
     def replica_fn(images, seed):
       log_likelihood, log_ratio = losses.log_likelihood_and_ratio(
@@ -188,69 +204,65 @@ def importance_sampled_terms(
               tf.reduce_sum(log_likelihood, axis=0),
               tf.reduce_sum(log_ratio, axis=0))
 
-    return strategy.run(replica_fn, args=(images, seeds))
+    return self._strategy.run(replica_fn, args=(images, seeds))
 
-  @tf.function
-  def analytic_kl(images):
-    return strategy.run(lambda x: losses.kl_divergence(
-        model.approx_posterior(x), latent_prior=model.latent_prior()),
-                        args=(images,))
-
-  def per_replica(values: np.ndarray):
-    return strategy.experimental_distribute_values_from_function(
+  def _per_replica(self, values: np.ndarray):
+    return self._strategy.experimental_distribute_values_from_function(
         lambda context: tf.constant(
-            values[context.replica_id_in_sync_group % local]))
+            values[context.replica_id_in_sync_group % self._local]))
 
-  def on_host(output) -> np.ndarray:
+  def _on_host(self, output) -> np.ndarray:
     """[R, ...] float64, from a per-replica result."""
     return np.stack([np.asarray(v, np.float64) for v in
-                     strategy.experimental_local_results(output)])
+                     self._strategy.experimental_local_results(output)])
 
-  def terms(images, seed, reused=None) -> _Values:
-    if not replicated:
+  def _reused_sums(self, shape, reused: Optional[Dict]):
+    """(log-sum-exp, likelihood sum, ratio sum, draws done) of the reused
+    draws; of none if `reused` is None."""
+    if reused is None:
+      return np.full(shape, -np.inf), np.zeros(shape), np.zeros(shape), 0
+    done = reused['num_samples']
+    if not 0 < done < self._k:
+      raise ValueError(f'Can only reuse 0 < k\' < {self._k} samples, not '
+                       f'{done}.')
+    return (reused['log_likelihood'] + math.log(done),
+            reused['reconstruction'] * done,
+            reused['kl'] * done,  # Used only if the KL is sampled.
+            done)
+
+  def __call__(self, images, seed, reused=None) -> _Values:
+    if not self._replicated:
       images, seed = np.asarray(images)[None], np.asarray(seed)[None]
       if reused is not None:
         reused = {name: v if name == 'num_samples' else np.asarray(v)[None]
                   for name, v in reused.items()}
     images, seed = np.asarray(images), np.asarray(seed)
-    if len(images) != local:
-      raise ValueError(f'{len(images)} calls for {local} replicas.')
-    shape = images.shape[:2]
-    log_sum_exp = np.full(shape, -np.inf)
-    likelihood_sum = np.zeros(shape)
-    ratio_sum = np.zeros(shape)
-    done = 0
-    if reused is not None:
-      done = reused['num_samples']
-      if not 0 < done < k:
-        raise ValueError(f'Can only reuse 0 < k\' < {k} samples, not {done}.')
-      log_sum_exp = reused['log_likelihood'] + math.log(done)
-      likelihood_sum = reused['reconstruction'] * done
-      ratio_sum = reused['kl'] * done  # Used only if the KL is sampled.
-    images_per_replica = per_replica(images)
-    for index, start in enumerate(range(0, k, chunk)):
-      stop = min(start + chunk, k)
+    if len(images) != self._local:
+      raise ValueError(f'{len(images)} calls for {self._local} replicas.')
+    k = self._k
+    log_sum_exp, likelihood_sum, ratio_sum, done = self._reused_sums(
+        images.shape[:2], reused)
+    images_per_replica = self._per_replica(images)
+    for index, start in enumerate(range(0, k, self._chunk)):
+      stop = min(start + self._chunk, k)
       if stop <= done:
         continue
       seeds = np.stack([tf.random.experimental.stateless_fold_in(
           s, index).numpy() for s in seed])
-      outputs = chunk_sums(images_per_replica, per_replica(seeds),
-                           stop - start, max(0, done - start))
-      lse, likelihood, ratio = [on_host(output) for output in outputs]
+      outputs = self._chunk_sums(images_per_replica, self._per_replica(seeds),
+                                 stop - start, max(0, done - start))
+      lse, likelihood, ratio = [self._on_host(output) for output in outputs]
       log_sum_exp = np.logaddexp(log_sum_exp, lse)
       likelihood_sum += likelihood
       ratio_sum += ratio
     reconstruction = likelihood_sum / k
-    if config.kl == 'analytic':
-      kl = on_host(analytic_kl(images_per_replica))
-    else:
-      kl = ratio_sum / k
+    kl = (self._on_host(self._analytic_kl(images_per_replica))
+          if self._analytic else ratio_sum / k)
     values = {'reconstruction': reconstruction, 'kl': kl,
               'elbo': reconstruction - kl,
               'log_likelihood': log_sum_exp - math.log(k)}
-    return values if replicated else {n: v[0] for n, v in values.items()}
-
-  return terms
+    return (values if self._replicated
+            else {n: v[0] for n, v in values.items()})
 
 
 def _summary(values: _Values) -> Dict[str, Dict[str, float]]:
