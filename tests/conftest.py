@@ -6,6 +6,7 @@ import gzip
 import json
 import os
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -81,6 +82,16 @@ def generated_data_dir(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope='module')
+def real_data_dir() -> str:
+  """../shared/datasets; the test is skipped (with the reason) without it:
+  for claims about real MNIST, which generated blobs cannot check."""
+  if not have_real_data():
+    pytest.skip(f'real MNIST is not in {SHARED_DATASETS} (or '
+                'ELBO_TESTS_FAKE_DATA is set)')
+  return SHARED_DATASETS
+
+
+@pytest.fixture(scope='module')
 def data_dir(request, generated_data_dir) -> str:
   """Real MNIST when ../shared/datasets has it, else generated files; a
   module marked `pytest.mark.generated_data` (mechanics tests) always gets
@@ -109,6 +120,65 @@ def binary_command(*flags: str, binary: str = 'train'):
   env = dict(os.environ, PYTHONPATH=REPO_ROOT, TF_CPP_MIN_LOG_LEVEL='2')
   path = os.path.join(REPO_ROOT, 'experiments', binary + '.py')
   return [sys.executable, path, *flags], env
+
+
+# Runs a binary with the loop's test-only fault point
+# (ELBO_TEST_KILL_AT_STEP) sending another signal than SIGKILL: SIGSTOP
+# stops the process there (holding its workdir) until SIGCONT, SIGTERM and
+# SIGINT stop it as a user would, each at a known step.
+_SIGNAL_AT_STEP = """
+import os, runpy, signal, sys
+replacement = signal.Signals[sys.argv[1]]
+kill = os.kill
+os.kill = lambda pid, signum: kill(
+    pid, replacement if signum == signal.SIGKILL else signum)
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name='__main__')
+"""
+
+
+def signal_at_step_command(step: int, signum: signal.Signals, *flags: str,
+                           binary: str = 'train'):
+  """argv and environment: experiments/{binary}.py that sends itself
+  `signum` right after the training call that ends at `step` (before the
+  actions due at it)."""
+  argv, env = binary_command(*flags, binary=binary)
+  env['ELBO_TEST_KILL_AT_STEP'] = str(step)
+  if signum == signal.SIGKILL:
+    return argv, env
+  return [argv[0], '-c', _SIGNAL_AT_STEP, signum.name, *argv[1:]], env
+
+
+def file_tree(directory: str) -> dict:
+  """Every directory (None) and file (its bytes) under `directory`, by
+  relative path: equal trees are byte-for-byte equal."""
+  tree = {}
+  for root, dirs, files in os.walk(directory):
+    for name in dirs:
+      tree[os.path.relpath(os.path.join(root, name), directory)] = None
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, 'rb') as f:
+        tree[os.path.relpath(path, directory)] = f.read()
+  return tree
+
+
+def checkpoint_tensors(path: str) -> dict:
+  """Every tensor of a checkpoint (a prefix, or a directory: its latest)
+  by name, without the object graph."""
+  if os.path.isdir(path):
+    path = tf.train.latest_checkpoint(path)
+  reader = tf.train.load_checkpoint(path)
+  return {name: reader.get_tensor(name)
+          for name in reader.get_variable_to_shape_map()
+          if not name.startswith('_CHECKPOINTABLE_OBJECT_GRAPH')}
+
+
+def assert_same_tensors(actual: dict, expected: dict) -> None:
+  """The same names, and every tensor bit for bit."""
+  assert sorted(actual) == sorted(expected)
+  for name, value in expected.items():
+    np.testing.assert_array_equal(actual[name], value, err_msg=name)
 
 
 def run_binary(*flags: str, binary: str = 'train'
@@ -168,3 +238,10 @@ def read_events(directory: str):
                   np.issubdtype(tensor.dtype, np.number) else None)
         rows.append((value.tag, event.step, scalar))
   return rows
+
+
+def elbo_curve(workdir: str) -> dict:
+  """Step -> logged training ELBO; where a resumed run logged a step
+  again, its value."""
+  return {step: value for tag, step, value in
+          read_events(os.path.join(workdir, 'train')) if tag == 'elbo'}
