@@ -49,7 +49,10 @@ def test_decoder_likelihood_shapes_for_sampled_latents():
   assert set(np.unique(sample)) <= {0., 1.}
   log_prob = p.log_prob(tf.zeros([5, 28, 28, 1])).numpy()
   assert log_prob.shape == (3, 5)
-  assert np.all(np.isfinite(log_prob)) and np.all(log_prob < 0)
+  # Independent Bernoulli pixels: log p(all zero) = -sum softplus(logits).
+  logits = p.distribution.logits.numpy().astype(np.float64)
+  np.testing.assert_allclose(
+      log_prob, -np.logaddexp(0., logits).sum(axis=(2, 3, 4)), rtol=1e-5)
 
 
 def test_prior_is_standard_normal():
@@ -124,5 +127,13 @@ def test_mixed_bfloat16_gradients_match_float32():
             zip(names, gradients['float32'], gradients['mixed_bfloat16'])}
   print({name: round(float(e), 4) for name, e in errors.items()})
   biases = {name: e for name, e in errors.items() if name.endswith('bias')}
+  kernels = {name: e for name, e in errors.items() if name.endswith('kernel')}
+  first_decoder_kernel = next(name for name in kernels
+                              if name.startswith('decoder/'))
+  # Measured on AVX-512 (AVX2 in the docstring): biases at most 1.2%
+  # (1.2%), kernels 1.9% (about 2%) but the first decoder layer's 5.9%
+  # (11%). Margins: 2.5, 2 and 1.4 on AVX2.
   assert len(biases) == 13 and max(biases.values()) < 0.03, errors
-  assert max(errors.values()) < 0.15, errors
+  assert len(kernels) == 13
+  assert kernels.pop(first_decoder_kernel) < 0.15, errors
+  assert max(kernels.values()) < 0.04, errors
