@@ -271,3 +271,13 @@ def save(manager: tf.train.CheckpointManager, step: int) -> str:
     raise CheckpointSaveError(
         f'Cannot save checkpoint {prefix}: {_detail(e)}; {before}. Free some '
         'space or fix the directory, then run again to resume.') from e
+
+
+def restore_path(checkpoint: tf.train.Checkpoint, path: str,
+                 optional: Collection[str] = ()) -> None:
+  """Restores the checkpoint at `path` (every value to its object, as
+  `restore_latest`), e.g. to rewind a run to a step it saved."""
+  target = _without_missing(checkpoint, path, optional)
+  target.restore(path).assert_consumed()
+  if target is not checkpoint:
+    checkpoint.save_counter.assign(target.save_counter)

@@ -1,17 +1,17 @@
-"""What defines a run: the `Config`, its checks, and what is built from it.
+"""What defines a run: the `Config`, its checks, presets, save and load.
 
 A run's config is saved as `config.json` in its workdir, so that evaluation
-rebuilds exactly the model that was trained.
+rebuilds exactly the model that was trained. What is built from a config
+(model, optimizer, learning-rate schedule) is `elbo.factory`'s.
 """
 
 import dataclasses
 import json
 import math
 import os
-from typing import Optional, Union
+from typing import Optional
 
 from absl import logging
-import keras
 import tensorflow as tf
 
 from elbo import data
@@ -21,8 +21,8 @@ from elbo import models
 from elbo import objectives
 
 __all__ = ['CHOICES', 'Config', 'ConfigError', 'IWAE_PAPER_EPOCHS',
-           'JIT_COMPILE_CHOICES', 'LR_SCHEDULES', 'MODELS', 'PRECISIONS', 'PRESETS', 'build_model',
-           'learning_rate', 'load', 'save']
+           'IWAE_STAGES', 'JIT_COMPILE_CHOICES', 'LR_SCHEDULES', 'PRECISIONS',
+           'PRESETS', 'load', 'save']
 
 JIT_COMPILE_CHOICES = ('auto', 'true', 'false')
 # cosine: decay to 0 over all epochs. iwae_stages: the IWAE paper's schedule
@@ -31,26 +31,10 @@ LR_SCHEDULES = ('constant', 'cosine', 'iwae_stages')
 PRECISIONS = ('float32', 'mixed_bfloat16')
 
 
-def _build_blog(config: 'Config') -> models.VAE:
-  return models.VAE(prior=config.prior,
-                    prior_components=config.prior_components,
-                    precision=config.precision)
-
-
-def _build_iwae_mlp(config: 'Config') -> models.IWAEMLP:
-  if config.prior != 'normal' or config.precision != 'float32':
-    raise ConfigError('model=iwae_mlp has the prior N(0, I) and float32 '
-                      'only: use prior=normal and precision=float32.')
-  return models.IWAEMLP()
-
-
-# Config.model -> how to build it. A model of your own needs no entry here:
-# pass `model_fn` to `elbo.train.train_and_evaluate`.
-MODELS = {'blog': _build_blog, 'iwae_mlp': _build_iwae_mlp}
 # The Config fields that take one of a few names. Tables (dicts) are looked
 # up when a Config is made, so an entry added at run time is a valid name.
 CHOICES = {
-    'model': MODELS,
+    'model': models.MODELS,
     'dataset': data.DATASETS,
     'kl': losses.KL_METHODS,
     'objective': objectives.OBJECTIVES,
@@ -215,6 +199,10 @@ class Config:
                                      self.kl_warmup_steps):
       raise ConfigError('kl_weight and kl_warmup_steps apply to the elbo '
                        f'objective only, not to {self.objective}.')
+    if self.model == 'iwae_mlp' and (self.prior != 'normal' or
+                                     self.precision != 'float32'):
+      raise ConfigError('model=iwae_mlp has the prior N(0, I) and float32 '
+                        'only: use prior=normal and precision=float32.')
     if self.prior == 'mixture' and self.kl == 'analytic':
       raise ConfigError('The mixture prior has no closed-form KL; use '
                        'kl=mc with prior=mixture.')
@@ -223,8 +211,8 @@ class Config:
 
 
 # The IWAE paper's stages: 3^i epochs at 0.001 * 10^(-i/7), i = 0..7.
-_IWAE_STAGES = 8
-IWAE_PAPER_EPOCHS = sum(3 ** i for i in range(_IWAE_STAGES))  # 3,280
+IWAE_STAGES = 8
+IWAE_PAPER_EPOCHS = sum(3 ** i for i in range(IWAE_STAGES))  # 3,280
 # Named sets of flags (`--preset=NAME`); flags given explicitly win.
 PRESETS = {
     # The blog's configuration: the defaults.
@@ -251,36 +239,6 @@ PRESETS['iwae_paper_vae'] = dict(PRESETS['iwae_vae'], epochs=IWAE_PAPER_EPOCHS,
                                  steps_per_call=100)
 PRESETS['iwae_paper_k5'] = dict(PRESETS['iwae_k5'], epochs=IWAE_PAPER_EPOCHS,
                                 steps_per_call=100)
-
-
-def build_model(config: Config) -> models.Model:
-  """The built-in model `config.model` names. For another precision than
-  the config's, pass `dataclasses.replace(config, precision=...)` (the
-  variables are float32 either way, so checkpoints are interchangeable)."""
-  return MODELS[config.model](config)
-
-
-_Schedule = keras.optimizers.schedules.LearningRateSchedule
-
-
-def learning_rate(config: Config,
-                  steps_per_epoch: int) -> Union[float, _Schedule]:
-  """The constant rate, a cosine decay to 0 over all `epochs`, or the IWAE
-  paper's stages scaled to `epochs`."""
-  total_steps = config.epochs * steps_per_epoch
-  if config.lr_schedule == 'cosine':
-    return keras.optimizers.schedules.CosineDecay(
-        config.learning_rate, decay_steps=total_steps)
-  if config.lr_schedule == 'iwae_stages':
-    lengths = [3 ** i for i in range(_IWAE_STAGES)]
-    # Stage i covers steps [start_i, start_{i+1}); the schedule's
-    # boundaries are inclusive, hence the last step of each stage.
-    last_steps = [sum(lengths[:i + 1]) * total_steps // sum(lengths) - 1
-                  for i in range(_IWAE_STAGES - 1)]
-    return keras.optimizers.schedules.PiecewiseConstantDecay(
-        last_steps, [config.learning_rate * 10 ** (-i / 7)
-               for i in range(_IWAE_STAGES)])
-  return config.learning_rate
 
 
 def save(workdir: str, config: Config) -> None:

@@ -47,7 +47,9 @@ from elbo import config as config_lib
 from elbo import data
 from elbo import diagnostics
 from elbo import distribute
+from elbo import errors
 from elbo import eval_store
+from elbo import factory
 from elbo import losses
 from elbo import models
 from elbo import run_record
@@ -59,7 +61,7 @@ __all__ = ['EvalConfig', 'USER_ERRORS', 'WorkerLostError', 'evaluate_run',
 
 _Call = eval_store.Call
 _Values = eval_store.Values
-ModelFn = Callable[[config_lib.Config], models.VAE]
+ModelFn = models.ModelFn
 # Seconds between progress lines (and scalars) between saves.
 _LOG_EVERY_SECONDS = 60.0
 
@@ -92,14 +94,9 @@ class EvalConfig:
       raise ValueError(f'strategy must be one of {distribute.STRATEGIES}.')
 
 
-class WorkerLostError(RuntimeError):
-  """Another worker stopped before its share was saved: run all again."""
-
-
-# What a binary that restores a run reports as one line (`Error: ...`).
-USER_ERRORS = (FileNotFoundError, checkpoints.CheckpointError,
-               config_lib.ConfigError, data.DataError,
-               distribute.StrategyError, WorkerLostError)
+WorkerLostError = errors.WorkerLostError
+# What a binary reports as one line (`Error: ...`): `elbo.errors.USER_ERRORS`.
+USER_ERRORS = errors.USER_ERRORS
 
 
 def restore_model(workdir: str, precision: str = 'float32',
@@ -130,7 +127,7 @@ def restore_model(workdir: str, precision: str = 'float32',
   """
   config = dataclasses.replace(config_lib.load(workdir, **config_overrides),
                                precision=precision)
-  model = (model_fn or config_lib.build_model)(config)
+  model = (model_fn or factory.build_model)(config)
   # Only the model: the optimizer and metric sums in the file are not needed.
   path = checkpoints.restore_newest_readable(
       tf.train.Checkpoint(model=model), os.path.join(workdir, 'checkpoints'),

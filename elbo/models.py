@@ -5,7 +5,7 @@ that its variables can be trained and checkpointed). Training, evaluation and
 the pictures use only those three; what else they need (the latent size, the
 decoder's mean image) is derived from the distributions they return.
 
-Built-in models, by `Config.model` (`elbo.config.build_model`):
+Built-in models, by `Config.model` (the table `MODELS`; `elbo.factory.build_model`):
   * `blog`: the encoder and decoder of the 2019 TFP blog post "Variational
     Autoencoders with TensorFlow Probability Layers", in Keras 3. The blog
     built them with `tfp.layers`, which needs `tf_keras`; here the networks
@@ -21,7 +21,7 @@ Built-in models, by `Config.model` (`elbo.config.build_model`):
      Autoencoders. https://arxiv.org/abs/1509.00519
 """
 
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Dict, Protocol, Sequence, runtime_checkable
 
 import keras
 import tensorflow as tf
@@ -30,8 +30,8 @@ import tensorflow_probability as tfp
 tfd = tfp.distributions
 tfb = tfp.bijectors
 
-__all__ = ['IMAGE_SHAPE', 'IWAEMLP', 'LATENT_DIM', 'Model', 'PRIORS', 'VAE',
-           'latent_size']
+__all__ = ['IMAGE_SHAPE', 'IWAEMLP', 'LATENT_DIM', 'MODELS', 'Model', 'ModelFn',
+           'PRIORS', 'VAE', 'latent_size']
 
 IMAGE_SHAPE = (28, 28, 1)
 LATENT_DIM = 16
@@ -305,3 +305,19 @@ class IWAEMLP(_BernoulliImageModel):
     loc, raw_scale = tf.split(self.encoder(flat), 2, axis=-1)
     return tfd.MultivariateNormalDiag(
         loc=loc, scale_diag=tf.nn.softplus(raw_scale) + _SCALE_DIAG_SHIFT)
+
+
+# `model_fn(config) -> model`: how a run builds its model (any object with
+# the three methods of `Model`). The config is an `elbo.config.Config`.
+ModelFn = Callable[[Any], Model]
+
+# Config.model -> how to build it. A model of your own needs no entry here:
+# pass `model_fn` to `elbo.train.train_and_evaluate`; an entry makes it a
+# `--model` of the binaries. (`Config` checks that iwae_mlp runs with its
+# prior and precision.)
+MODELS: Dict[str, ModelFn] = {
+    'blog': lambda config: VAE(prior=config.prior,
+                               prior_components=config.prior_components,
+                               precision=config.precision),
+    'iwae_mlp': lambda config: IWAEMLP(),
+}

@@ -23,10 +23,17 @@ class SummaryWriter:
   after the interface of CommonLoopUtils' `metric_writers`."""
 
   def __init__(self, logdir: Optional[str]):
-    """Writes event files into `logdir`; None: writes nothing."""
+    """Writes event files into `logdir`; None: writes nothing. Nothing is
+    created before the first write."""
     self.logdir = logdir
-    self._writer = (tf.summary.create_file_writer(logdir) if logdir
-                    else tf.summary.create_noop_writer())
+    self._created = None
+
+  @property
+  def _writer(self):
+    if self._created is None:
+      self._created = (tf.summary.create_file_writer(self.logdir)
+                       if self.logdir else tf.summary.create_noop_writer())
+    return self._created
 
   @classmethod
   def noop(cls) -> 'SummaryWriter':
@@ -70,7 +77,9 @@ class SummaryWriter:
     self.flush()
 
   def flush(self) -> None:
-    self._writer.flush()
+    if self._created is not None:
+      self._created.flush()
 
   def close(self) -> None:
-    self._writer.close()
+    if self._created is not None:
+      self._created.close()

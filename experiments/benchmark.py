@@ -62,6 +62,7 @@ import tf_keras
 from elbo import blog_tf_keras
 from elbo import config as config_lib
 from elbo import data
+from elbo import factory
 from elbo import flops as flops_lib
 from elbo import models
 from elbo import profiling
@@ -188,7 +189,7 @@ def make_ours(name: str, images: np.ndarray, batch_size: int, seed: int,
   config = config_lib.Config(batch_size=batch_size, seed=seed,
                              precision=precision)
   keras.utils.set_random_seed(seed)
-  model = config_lib.build_model(config)
+  model = factory.build_model(config)
   optimizer = keras.optimizers.Adam(config.learning_rate)
   optimizer.build(model.trainable_variables)
   step_fn = train.make_train_step(model, optimizer, config,
@@ -342,7 +343,7 @@ def run_benchmark(names: List[str], batch_size: int, data_dir: Optional[str],
   reference_model = next((c.model for c in timed.values()
                           if isinstance(c.model, models.VAE)), None)
   if reference_model is None:
-    reference_model = config_lib.build_model(config_lib.Config())
+    reference_model = factory.build_model(config_lib.Config())
   flops = flops_lib.count_training_flops(reference_model, batch_size)
   flops_per_step = flops['training_flops_per_step']
   example = batches[0]

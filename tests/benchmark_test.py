@@ -18,6 +18,7 @@ import tensorflow as tf
 import conftest
 from elbo import blog_tf_keras
 from elbo import config as config_lib
+from elbo import factory
 from elbo import flops
 from elbo import profiling
 
@@ -50,7 +51,7 @@ def _positive_finite(value) -> bool:
 
 
 def test_training_flops_by_formula():
-  model = config_lib.build_model(config_lib.Config())
+  model = factory.build_model(config_lib.Config())
   counted = flops.count_training_flops(model, batch_size=_BATCH)
   assert [layer['forward_flops_per_image'] for layer in counted['layers']
           ] == _FORWARD_FLOPS_BY_LAYER
@@ -139,7 +140,7 @@ def test_summarize_trace_without_a_trace_says_so(tmp_path):
 
 def test_blog_model_has_the_shapes_of_ours():
   blog = blog_tf_keras.build_vae()
-  ours = config_lib.build_model(config_lib.Config())
+  ours = factory.build_model(config_lib.Config())
   shapes = lambda model: sorted(tuple(v.shape)
                                 for v in model.trainable_variables)
   assert shapes(blog) == shapes(ours)

@@ -106,8 +106,9 @@ def write_untrained_run(workdir: str, config) -> None:
   config.json and checkpoints/ckpt-1."""
   import keras  # pylint: disable=g-import-not-at-top
   from elbo import config as config_lib  # pylint: disable=g-import-not-at-top
+  from elbo import factory  # pylint: disable=g-import-not-at-top
   keras.utils.set_random_seed(0)
-  model = config_lib.build_model(config)
+  model = factory.build_model(config)
   os.makedirs(workdir)
   config_lib.save(workdir, config)
   tf.train.Checkpoint(model=model).save(

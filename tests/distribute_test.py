@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from elbo import config as config_lib
 from elbo import distribute
+from elbo import factory
 import conftest
 
 # Mechanics, not learning: the small generated files (conftest.data_dir).
@@ -45,7 +46,7 @@ _MIRRORED_VS_DEFAULT = textwrap.dedent('''
         ('mirrored', tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1']))):
       keras.utils.set_random_seed(0)
       with strategy.scope():
-        model = config_lib.build_model(config)
+        model = factory.build_model(config)
         optimizer = keras.optimizers.SGD(1.0)  # update = -gradient
         optimizer.build(model.trainable_variables)
       before = [v.numpy() for v in model.trainable_variables]

@@ -13,6 +13,7 @@ import tensorflow_probability as tfp
 from elbo import checkpoints
 from elbo import config as config_lib
 from elbo import evaluation
+from elbo import factory
 from elbo import train
 import conftest
 
@@ -228,7 +229,7 @@ def test_model_fn_builds_the_model_in_the_asked_precision(trained_workdir):
 
   def model_fn(config):
     built.append(config.precision)
-    return config_lib.build_model(config)
+    return factory.build_model(config)
 
   eval_config = lambda precision: evaluation.EvalConfig(
       num_samples=4, num_examples=8, precision=precision)

@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 
 from elbo import config as config_lib
+from elbo import factory
 
 # Burda et al. (2015), section 5: 3^i epochs at 0.001 * 10^(-i/7),
 # i = 0..7, batch 20, Adam epsilon 1e-4.
@@ -26,7 +27,7 @@ def test_paper_presets_have_the_papers_settings(name, objective, samples):
 
 def test_paper_schedule_changes_rate_exactly_at_the_stage_boundaries():
   config = config_lib.Config(**config_lib.PRESETS['iwae_paper_vae'])
-  schedule = config_lib.learning_rate(config, _STEPS_PER_EPOCH)
+  schedule = factory.learning_rate(config, _STEPS_PER_EPOCH)
   first_steps = [0]
   for epochs in _PAPER_STAGE_EPOCHS:
     first_steps.append(first_steps[-1] + epochs * _STEPS_PER_EPOCH)
