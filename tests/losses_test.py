@@ -365,8 +365,9 @@ class TestElboAndImportanceWeightedBound:
     for got, want in zip(terms, mc_terms):
       np.testing.assert_allclose(got, want, rtol=1e-6)
     np.testing.assert_allclose(bound, iwae, rtol=1e-6)
-    # Jensen on the same samples: log-mean-exp >= mean.
-    np.testing.assert_array_less(terms.elbo, bound + 1e-5)
+    # The bound is the log-mean-exp of the 16 log weights, not their mean
+    # (0 gap): measured gaps 2.9, 7.3 and 6.2 nats. Margin 2.9.
+    assert np.all(bound - terms.elbo > 1.0)
 
 
 class _LinearGaussianModel:
