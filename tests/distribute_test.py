@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
@@ -80,13 +79,20 @@ def test_mirrored_matches_default_on_the_same_global_batch(data_dir,
   print('default', default['metrics'], 'mirrored', mirrored['metrics'])
   # Loss terms averaged over the global batch (a per-replica average would
   # be off by 2x in the gradients, and the sums by 2x in the metrics).
-  np.testing.assert_allclose(mirrored['metrics'], default['metrics'],
-                             atol=0.1)
+  # Other latent draws per replica. Measured (generated data, AVX-512):
+  # the ELBO terms 0.050 nats of 559 apart (9e-5 relative), the KL (closed
+  # form) equal, the gradient norm 0.076 of 40.1 (1.9e-3). Margins 3, 2.6.
+  np.testing.assert_allclose(mirrored['metrics'][:4], default['metrics'][:4],
+                             rtol=3e-4)
+  np.testing.assert_allclose(mirrored['metrics'][4], default['metrics'][4],
+                             rtol=5e-3)
   a, b = np.array(default['gradient']), np.array(mirrored['gradient'])
   norm_ratio = np.linalg.norm(b) / np.linalg.norm(a)
   cosine = a @ b / np.linalg.norm(a) / np.linalg.norm(b)
   print('gradient norm ratio', norm_ratio, 'cosine', cosine)
-  assert abs(norm_ratio - 1) < 0.05 and cosine > 0.99
+  # Measured: norm ratio 1 + 1.9e-3 (unclipped), 1 - cosine 1.5e-3.
+  # Margins 2.6 and 3.2; a per-replica mean would give a ratio of 2.
+  assert abs(norm_ratio - 1) < 5e-3 and 1 - cosine < 5e-3
   if clip_norm:
     # The global-batch gradient is clipped, not each replica's part
     # (Keras's global_clipnorm would let the mirrored sum reach 2).
@@ -160,36 +166,37 @@ def test_two_workers_on_localhost_train_together(data_dir, tmp_path):
 
 
 def _last_logged_step(workdir) -> int:
-  directory = os.path.join(workdir, 'train')
-  if not os.path.isdir(directory):
-    return 0
-  return max((step for tag, step, _ in conftest.read_events(directory)
-              if tag == 'elbo'), default=0)
+  return max(step for tag, step, _ in conftest.read_events(
+      os.path.join(workdir, 'train')) if tag == 'elbo')
 
 
 def test_sigterm_to_one_worker_stops_both_at_the_same_step(data_dir,
                                                            tmp_path):
   """TF's PreemptionCheckpointHandler makes the workers agree on the step;
-  a worker stopping alone would leave the other blocked in an all-reduce."""
+  a worker stopping alone would leave the other blocked in an all-reduce.
+  Worker 1 sends itself SIGTERM right after its call that ends at step 4
+  (the loop's fault point)."""
   workdir = str(tmp_path / 'run')
-  processes = conftest.start_workers(
-      '--workdir', workdir, '--data_dir', data_dir,
-      '--model=iwae_mlp', '--strategy=multiworker', '--batch_size=16',
-      '--max_steps=2000', '--log_every=2', '--checkpoint_every=1000',
-      '--image_every=1000', '--eval_batch_size=1000')
-  chief, worker = processes
-  deadline = time.time() + 300
-  while chief.poll() is None and time.time() < deadline:
-    if _last_logged_step(workdir) >= 4:
-      worker.send_signal(signal.SIGTERM)
-      break
-    time.sleep(0.05)
-  outputs = [p.communicate(timeout=300)[1] for p in processes]
+  flags = ('--workdir', workdir, '--data_dir', data_dir,
+           '--model=iwae_mlp', '--strategy=multiworker', '--batch_size=16',
+           '--max_steps=2000', '--log_every=2', '--checkpoint_every=1000',
+           '--image_every=1000', '--eval_batch_size=1000')
+  workers = [f'127.0.0.1:{conftest.free_port()}' for _ in range(2)]
+  commands = [conftest.binary_command(*flags),
+              conftest.signal_at_step_command(4, signal.SIGTERM, *flags)]
+  processes = [subprocess.Popen(argv, env=conftest.cluster_env(env, workers,
+                                                               index),
+                                stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+               for index, (argv, env) in enumerate(commands)]
+  outputs = [p.communicate(timeout=600)[1] for p in processes]
   for process, stderr in zip(processes, outputs):
     assert process.returncode == 75, stderr[-3000:]
   latest = tf.train.latest_checkpoint(os.path.join(workdir, 'checkpoints'))
   step = int(latest.rsplit('-', 1)[1])
-  assert 4 <= step < 2000
+  # The signal's worker publishes a stop one call past its own (calls end
+  # at the logs, every 2 steps): both stop after the call to step 6.
+  assert step == 6
   assert f'Stopped by a signal to another worker after step {step}' in (
       outputs[0])
   assert f'Stopped by signal 15 after step {step}' in outputs[1]
