@@ -1,15 +1,17 @@
 """The main of every Bazel pytest_test: runs pytest on the given files.
 
-`--starts-binary-only` keeps only the tests that start a process (a binary
-of the repo, through conftest's `run_binary`, `binary_command` or
-`start_workers`, or `subprocess` / `sys.executable` directly): CI runs
-those under Bazel, where a binary missing from a target's runfiles fails
-them, after pytest has run every test once. A test starts one if its
-source, that of a fixture it uses (from its module or conftest) or that of
-a function of its module, class or conftest that these call names one of
-`_STARTS_PROCESS`. A target that keeps none fails (pytest's exit code 5):
-its data lists a binary that no test starts, or a test starts it in a way
-this does not see.
+`--starts-binary-only` keeps, for each binary the tests start, the first
+test that starts it: CI runs those under Bazel (after pytest has run every
+test once), where a binary missing from the target's runfiles fails the
+first test that starts it. What a test starts is read from its text: its
+source, its parameters, the fixtures it uses (from its module or
+conftest), and the functions of its module, class or conftest that these
+call. It starts a binary of `experiments/` through conftest's
+`run_binary`, `binary_command` or `start_workers` (`binary='name'`, else
+`train`) or by its path (`experiments/name.py`), and a bare process through
+`subprocess` or `sys.executable`. A target that keeps none fails (pytest's
+exit code 5): its data lists a binary that no test starts, or a test
+starts it in a way this does not see.
 """
 
 import inspect
@@ -19,9 +21,9 @@ import sys
 
 import pytest
 
-_STARTS_PROCESS = re.compile(
-    r'\b(run_binary|binary_command|start_workers|subprocess|sys\.executable)'
-    r'\b')
+_HELPER = re.compile(r'\b(run_binary|binary_command|start_workers)\(')
+_NAMED = re.compile(r'\bbinary=[\'"](\w+)[\'"]|\bexperiments/(\w+)\.py\b')
+_PROCESS = re.compile(r'\b(subprocess|sys\.executable)\b')
 _CALL = re.compile(r'\b(\w+)\s*\(')
 
 
@@ -35,7 +37,18 @@ def _functions(owner) -> dict:
           if inspect.isfunction(value) and value.__module__ == home}
 
 
-def _starts_process(item) -> bool:
+def _started(text: str) -> set:
+  """The binaries (and 'process') that code or parameters start."""
+  started = {a or b for a, b in _NAMED.findall(text)}
+  if len(_HELPER.findall(text)) > len(re.findall(r'\bbinary=', text)):
+    started.add('train')  # The helpers' default.
+  if _PROCESS.search(text):
+    started.add('process')
+  return started
+
+
+def _starts(item) -> set:
+  """What the test starts (module docstring)."""
   modules = {item.module.__name__, 'conftest'}
   scope = {**_functions(sys.modules.get('conftest')),
            **_functions(item.module), **_functions(item.cls)}
@@ -44,16 +57,17 @@ def _starts_process(item) -> bool:
       for definitions in item._fixtureinfo.name2fixturedefs.values()  # pylint: disable=protected-access
       for definition in definitions
       if definition.func.__module__ in modules]
+  callspec = getattr(item, 'callspec', None)
+  started = _started(str(callspec.params)) if callspec else set()
   seen = set()
   while sources:
     source = sources.pop()
-    if _STARTS_PROCESS.search(source):
-      return True
+    started |= _started(source)
     for name in _CALL.findall(source):
       if name in scope and name not in seen:
         seen.add(name)
         sources.append(scope[name])
-  return False
+  return started
 
 
 class StartsBinaryOnly:
@@ -62,13 +76,18 @@ class StartsBinaryOnly:
   @staticmethod
   def pytest_addoption(parser):
     parser.addoption('--starts-binary-only', action='store_true',
-                     help='Run only the tests that start a process.')
+                     help='Run only the first test that starts each binary.')
 
   @staticmethod
   def pytest_collection_modifyitems(config, items):
     if not config.getoption('starts_binary_only'):
       return
-    kept = [item for item in items if _starts_process(item)]
+    kept, covered = [], set()
+    for item in items:
+      started = _starts(item)
+      if started - covered:
+        kept.append(item)
+        covered |= started
     config.hook.pytest_deselected(
         items=[item for item in items if item not in kept])
     items[:] = kept
