@@ -7,8 +7,8 @@ first test that starts it. What a test starts is read from its text: its
 source, its parameters, the fixtures it uses (from its module or
 conftest), and the functions of its module, class or conftest that these
 call. It starts a binary of `experiments/` through conftest's
-`run_binary`, `binary_command` or `start_workers` (`binary='name'`, else
-`train`) or by its path (`experiments/name.py`), and a bare process through
+`run_binary`, `binary_command`, `start_workers` or `signal_at_step_command`
+(`binary='name'`, else `train`) or by its path (`experiments/name.py`), and a bare process through
 `subprocess` or `sys.executable`. A target that keeps none fails (pytest's
 exit code 5): its data lists a binary that no test starts, or a test
 starts it in a way this does not see.
@@ -21,7 +21,8 @@ import sys
 
 import pytest
 
-_HELPER = re.compile(r'\b(run_binary|binary_command|start_workers)\(')
+_HELPER = re.compile(
+    r'\b(run_binary|binary_command|start_workers|signal_at_step_command)\(')
 _NAMED = re.compile(r'\bbinary=[\'"](\w+)[\'"]|\bexperiments/(\w+)\.py\b')
 _PROCESS = re.compile(r'\b(subprocess|sys\.executable)\b')
 _CALL = re.compile(r'\b(\w+)\s*\(')
