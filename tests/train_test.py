@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from elbo import config as config_lib
 from elbo import data
+from elbo import factory
 from elbo import losses
 from elbo import train
 import conftest
@@ -58,7 +59,11 @@ def test_binary_trains_logs_and_resumes(generated_data_dir, tmp_path):
       'elbo', 'reconstruction', 'kl', 'latent/active_units',
       'latent/mutual_information', 'latent/total_correlation',
       'latent/kl_per_dimension', 'latent/kl_per_dimension_sorted'}
-  assert 0 <= test_scalars['latent/active_units'] <= 50
+  active_units = test_scalars['latent/active_units']
+  print('active units', active_units)
+  # A count of units, at least one (KL > 0 below); measured: all 50 (the
+  # posterior means still vary with the input after 40 steps).
+  assert active_units == int(active_units) and active_units >= 1
   np.testing.assert_allclose(
       test_scalars['elbo'],
       test_scalars['reconstruction'] - test_scalars['kl'], rtol=1e-5)
@@ -110,7 +115,7 @@ def _first_step_metrics(config, batch, step=0):
   """[elbo, reconstruction, kl, objective] of one train step from the
   seed-0 initialization (without the gradient norm)."""
   keras.utils.set_random_seed(0)
-  model = config_lib.build_model(config)
+  model = factory.build_model(config)
   train_step = train.make_train_step(model, keras.optimizers.Adam(1e-3),
                                      config, jit_compile=False)
   return train_step(batch, tf.constant(step, tf.int64)).numpy()[:4]
@@ -127,7 +132,7 @@ def test_objectives(data_dir):
 
   elbo, _, _, bound = _first_step_metrics(
       train.Config(objective='iwae', num_samples=8), batch)
-  assert elbo < bound < 0  # L_8 >= ELBO on the same samples.
+  assert elbo < bound  # L_8 >= L_1 in expectation; other draws here.
   # DReG changes the encoder's gradient only: the same value of L_8.
   *_, dreg_bound = _first_step_metrics(
       train.Config(objective='iwae_dreg', num_samples=8), batch)
@@ -139,37 +144,38 @@ def test_objectives(data_dir):
 
 
 def test_cosine_schedule_decays_to_zero_over_all_epochs():
-  schedule = config_lib.learning_rate(
+  schedule = factory.learning_rate(
       train.Config(lr_schedule='cosine', epochs=2), steps_per_epoch=10)
   np.testing.assert_allclose(
       [float(schedule(s)) for s in (0, 10, 20)], [1e-3, 5e-4, 0.], atol=1e-9)
-  assert config_lib.learning_rate(train.Config(), 10) == 1e-3
+  assert factory.learning_rate(train.Config(), 10) == 1e-3
 
 
-def test_mixed_bfloat16_evaluates_within_a_nat_of_float32(data_dir):
+def test_mixed_bfloat16_evaluates_within_a_nat_of_float32(real_data_dir):
   """The same weights (trained 30 steps) score the same test batch in both
-  precisions within 1 nat per example. (Whole trainings in both precisions
+  precisions within 0.2 nats per example. (Whole trainings in both precisions
   are compared in the README, not here: 30 steps of early training diverge
   by several nats from rounding alone.)"""
-  images = data.load_images('mnist', 'train', data_dir)
-  test_batch = _one_batch(data_dir, batch_size=100)
+  images = data.load_images('mnist', 'train', real_data_dir)
+  test_batch = _one_batch(real_data_dir, batch_size=100)
   config = train.Config(batch_size=64)
   keras.utils.set_random_seed(0)
-  model = config_lib.build_model(config)
+  model = factory.build_model(config)
   step = train.make_train_step(model, keras.optimizers.Adam(1e-3), config,
                                jit_compile=False)
   for i in range(30):
     step(data.training_batch(images, 64, 0, i), tf.constant(i, tf.int64))
   elbo = {}
   for precision in config_lib.PRECISIONS:
-    copy = config_lib.build_model(
+    copy = factory.build_model(
         dataclasses.replace(config, precision=precision))
     copy.set_weights(model.get_weights())
     eval_step = train.make_eval_step(copy, config, jit_compile=False)
     elbo[precision] = eval_step(test_batch, tf.constant([0, 0]))[0] / 100
   print('test ELBO of the same weights:', elbo)
-  assert abs(elbo['mixed_bfloat16'] - elbo['float32']) < 1.0
-  # Learning on real MNIST (generated blobs where it is absent): 30 steps
+  # Measured 0.039 nats (AVX-512). Margin 5.
+  assert abs(elbo['mixed_bfloat16'] - elbo['float32']) < 0.2
+  # Learning on real MNIST (skipped where it is absent): 30 steps
   # take the test -ELBO from 543 nats to 371 (measured).
   assert -elbo['float32'] < 0.75 * _BLOG_START
 
@@ -179,7 +185,7 @@ def _reference_training(config, images, num_steps, optimizer):
   no guard, one Python call per step. Returns the sums over the steps of
   the batch-mean [elbo, reconstruction, kl] and the final weights."""
   keras.utils.set_random_seed(0)
-  model = config_lib.build_model(config)
+  model = factory.build_model(config)
   latent_seed = tf.constant([config.seed, 1], tf.int32)  # The latent stream.
   sums = np.zeros(3)
   for step in range(num_steps):
@@ -201,7 +207,7 @@ def _fast_loop(config, images, jit_compile, optimizer):
   """Our training loop from the seed-0 initialization: the model and
   `train_steps(first_step, num_steps)`."""
   keras.utils.set_random_seed(0)
-  model = config_lib.build_model(config)
+  model = factory.build_model(config)
   optimizer.build(model.trainable_variables)
   train_steps = train.make_train_loop(
       train.make_train_step(model, optimizer, config, jit_compile,
@@ -221,11 +227,15 @@ def test_fast_training_loop_matches_a_plain_reference(data_dir, optimizer):
   """Batches made in the graph, several steps per call, the guard: the
   same losses and weights as the plain loop, up to float rounding.
 
-  The weights are compared after SGD, whose update is proportional to the
-  gradient. Adam's first steps are about lr * sign(gradient): a weight
-  whose gradient is near zero moves +-lr on rounding alone (measured on
-  the generated blobs: 6.5e-4 of the distance moved, against 6e-8 under
-  SGD), so under Adam only the losses are compared."""
+  Adam's first steps are about lr * sign(gradient), at most about lr per
+  weight and step: where a gradient is near zero, rounding can flip the
+  sign of one step's update, moving that weight by up to 2 lr. So each
+  weight is bounded in units of lr, and the whole difference relative to
+  the distance the weights moved. Measured after 4 steps (real MNIST /
+  generated blobs): Adam max |dw| 0.49 lr / 1.07 lr, |dw| / moved 5.0e-4 /
+  2.5e-3; SGD 1.9e-4 lr / 1.5e-5 lr, 5.1e-7 / 8.1e-8. A learning rate 1%
+  off in the fast loop gives 2.5 lr and 0.021 / 0.029 under Adam (2.3 lr
+  and 4.5e-3 / 5.8e-3 under SGD), and loss sums 0.13-0.44% off."""
   images = data.load_images('mnist', 'test', data_dir)
   config = train.Config(batch_size=32)
   make_optimizer = {'sgd': keras.optimizers.SGD,
@@ -240,14 +250,24 @@ def test_fast_training_loop_matches_a_plain_reference(data_dir, optimizer):
   print(optimizer, 'loss sums', sums, 'reference', reference_sums,
         'weights apart / moved', apart / moved)
   assert sums[3] == sums[0]  # The objective is the ELBO.
+  # Measured 7.5e-8 / 5.2e-6 (real / generated); lr 1% off: 1.3e-3 or more.
   np.testing.assert_allclose(sums[:3], reference_sums, rtol=1e-5)
-  if optimizer == 'sgd':
-    assert apart < 1e-4 * moved
+  lr = config.learning_rate
+  largest = max(np.max(np.abs(w - r)) for w, r in
+                zip(model.get_weights(), reference_weights))
+  print(optimizer, 'largest weight difference / lr', largest / lr)
+  # One sign flip of one step's update (2 lr) at most: measured up to
+  # 1.07 lr (Adam, generated); 2.5 lr with a learning rate 1% off.
+  # SGD: measured 1.9e-4 lr; 1e-2 lr leaves a margin of 50.
+  assert largest < {'adam': 2.0, 'sgd': 1e-2}[optimizer] * lr
+  # Measured up to 2.5e-3 (Adam) and 5.1e-7 (SGD); lr 1% off: 0.021 and
+  # 4.5e-3 or more.
+  assert apart < {'adam': 5e-3, 'sgd': 1e-5}[optimizer] * moved
 
 
 def _initial_weights(config):
   keras.utils.set_random_seed(0)
-  return config_lib.build_model(config).get_weights()
+  return factory.build_model(config).get_weights()
 
 
 def test_xla_loop_agrees_with_the_default_loop(data_dir):
@@ -269,20 +289,26 @@ def test_xla_loop_agrees_with_the_default_loop(data_dir):
     results[jit_compile] = metrics, gradient, encoder_size
   (metrics, gradient, encoder_size), (metrics_xla, gradient_xla, _) = (
       results[False], results[True])
+  # Measured 1.7e-5 (real MNIST) and 3.2e-5 (generated blobs) relative:
+  # other latent draws. Margin 3.
   np.testing.assert_allclose(metrics_xla[:4], metrics[:4], rtol=1e-4)
-  # The logged gradient norm is that of the update SGD(1) applied; XLA's
-  # other latent samples move it by 0.15%.
+  # The logged gradient norm is that of the update SGD(1) applied:
+  # measured 3e-8 relative in both, margin 30.
   for logged, applied in ((metrics[4], gradient),
                           (metrics_xla[4], gradient_xla)):
     np.testing.assert_allclose(
         logged, np.sqrt(sum(np.sum(g.astype(np.float64)**2)
-                            for g in applied)), rtol=1e-4)
-  np.testing.assert_allclose(metrics_xla[4], metrics[4], rtol=1e-2)
+                            for g in applied)), rtol=1e-6)
+  # XLA's other latent samples move the norm by 0.15% (real) and 0.087%
+  # (generated). Margin 3.
+  np.testing.assert_allclose(metrics_xla[4], metrics[4], rtol=5e-3)
 
   def cosine(a, b):
     a, b = (np.concatenate([x.ravel() for x in v]) for v in (a, b))
     return a @ b / np.linalg.norm(a) / np.linalg.norm(b)
 
+  # Measured 1 - cosine: 1.6e-5 / 8e-6 overall, 5.3e-3 / 6.5e-3 for the
+  # encoder (real / generated). Margins 6 and 3.
   assert cosine(gradient, gradient_xla) > 0.9999
   assert cosine(gradient[:encoder_size], gradient_xla[:encoder_size]) > 0.98
 
