@@ -81,10 +81,10 @@ def test_a_checkpoint_without_the_guard_resumes_with_an_empty_window(
     data_dir, tmp_path, monkeypatch):
   """A run saved as before the window was checkpointed (no
   `divergence_guard` in its checkpoints) resumes: every other tensor
-  equals an uninterrupted run's at step 60; the guard counted only the
+  equals an uninterrupted run's at step 40; the guard counted only the
   steps since the resume."""
   whole, old = str(tmp_path / 'whole'), str(tmp_path / 'old')
-  train.train_and_evaluate(_config(data_dir), whole)
+  train.train_and_evaluate(_config(data_dir, max_steps=40), whole)
   make_manager = checkpoints.make_manager
 
   def without_guard(*args, divergence_guard=None, **objects):
@@ -97,12 +97,12 @@ def test_a_checkpoint_without_the_guard_resumes_with_an_empty_window(
   old_names = conftest.checkpoint_tensors(old + '/checkpoints')
   assert not any(name.startswith('divergence_guard') for name in old_names)
 
-  train.train_and_evaluate(_config(data_dir), old)
+  train.train_and_evaluate(_config(data_dir, max_steps=40), old)
   expected = conftest.checkpoint_tensors(whole + '/checkpoints')
   resumed = conftest.checkpoint_tensors(old + '/checkpoints')
   guard = 'divergence_guard/.ATTRIBUTES/'
-  assert resumed[guard + 'seen'] == 60 - _RESUME_AT
-  assert expected[guard + 'seen'] == 60
+  assert resumed[guard + 'seen'] == 40 - _RESUME_AT
+  assert expected[guard + 'seen'] == 40
   conftest.assert_same_tensors(
       {k: v for k, v in resumed.items() if not k.startswith(guard)},
       {k: v for k, v in expected.items() if not k.startswith(guard)})
