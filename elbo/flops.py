@@ -10,7 +10,7 @@
   zeros of dilated convolutions included).
 
 A multiply-add is 2 FLOPs throughout. The step functions are those of
-`elbo.train.make_train_step`: a `tf.function` of `(batch, step)`, `step` a
+`elbo.step.make_train_step`: a `tf.function` of `(batch, step)`, `step` a
 scalar int64.
 """
 
@@ -37,15 +37,19 @@ _HLO_INSTRUCTION = re.compile(r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*'
                               r'\w+\[([\d,]*)\]\S*\s+(\w[\w-]*)\((.*)$')
 
 
-def count_training_flops(model: models.VAE, batch_size: int) -> Dict:
+def count_training_flops(model: models.Model, batch_size: int,
+                         num_samples: int = 1) -> Dict:
   """FLOPs of one training step, by formula over the conv and dense layers.
 
+  Any model whose `encoder` and `decoder` are Keras networks of these
+  layers (the built-in ones); the decoder runs once per latent sample.
   Per image, forward:
 
   ```none
   Conv2D           2 * K * K * C_in * C_out * H_out * W_out
   Conv2DTranspose  2 * K * K * C_in * C_out * H_in * W_in
   Dense            2 * in * out
+  forward          encoder layers + num_samples * decoder layers
   training         3 * forward - forward of the first encoder layer
   ```
 
@@ -60,16 +64,20 @@ def count_training_flops(model: models.VAE, batch_size: int) -> Dict:
   Args:
     model: the VAE, built (its layers have input and output shapes).
     batch_size: images per step.
+    num_samples: latent samples per image (`Config.num_samples`, the k of
+      an importance-weighted bound).
 
   Returns:
-    flops: a dict with `method` ('formula'), `forward_flops_per_image`,
+    flops: a dict with `method` ('formula'), `num_samples`,
+      `forward_flops_per_image`,
       `training_flops_per_image`, `training_flops_per_step` and `layers`, a
       list of `{'layer': 'network/layer', 'forward_flops_per_image': n}`.
   """
   forward = 0
   first_layer_forward = None
   layers = []
-  for network in (model.encoder, model.decoder):
+  for network, repeats in ((model.encoder, 1),
+                           (model.decoder, num_samples)):
     for layer in network.layers:
       if isinstance(layer, keras.layers.Conv2DTranspose):
         _, height, width, _ = layer.input.shape
@@ -85,10 +93,11 @@ def count_training_flops(model: models.VAE, batch_size: int) -> Dict:
                      'forward_flops_per_image': int(flops)})
       if first_layer_forward is None:
         first_layer_forward = flops
-      forward += flops
+      forward += repeats * flops
   per_image = 3 * forward - first_layer_forward
   return {
       'method': 'formula',
+      'num_samples': num_samples,
       'forward_flops_per_image': int(forward),
       'training_flops_per_image': int(per_image),
       'training_flops_per_step': int(per_image * batch_size),
