@@ -202,7 +202,8 @@ def make_train_step(model: models.Model,
 
 
 def make_train_loop(train_step, images: tf.Variable, batch_size: int,
-                    seed: int, jit_compile: bool = False):
+                    seed: int, jit_compile: bool = False,
+                    steps_per_call: int = 1):
   """Returns `train_steps(first_step, num_steps, data_offset) -> sums`: runs
   `train_step` on steps first_step, ..., first_step + num_steps - 1 in one
   `tf.function` call, on batches made in the graph from the resident
@@ -217,12 +218,15 @@ def make_train_loop(train_step, images: tf.Variable, batch_size: int,
   cost, and one program removes it. The batches are made before it, by
   TensorFlow's own kernels, so they are the same bits either way; random
   draws inside the step come from XLA's generator (another stream than
-  TensorFlow's kernels for the same seed).
+  TensorFlow's kernels for the same seed). The batches are padded to
+  `steps_per_call` (the most steps a call runs), so every call runs the
+  same program whatever its length: a run resumed off the grid of calls
+  rounds exactly as an uninterrupted one.
   """
 
-  def run_steps(batches, first_step):
+  def run_steps(batches, first_step, num_steps):
     sums = tf.zeros([len(STEP_OUTPUTS)])
-    for index in tf.range(tf.shape(batches, out_type=tf.int64)[0]):
+    for index in tf.range(num_steps):
       sums += train_step(batches[index], first_step + index)
     return sums
 
@@ -233,7 +237,15 @@ def make_train_loop(train_step, images: tf.Variable, batch_size: int,
   def train_steps(first_step, num_steps, data_offset=0):
     batches = data.training_batches(images, batch_size, seed,
                                     first_step + data_offset, num_steps)
-    return run_steps(batches, first_step)
+    if jit_compile:
+      tf.debugging.assert_less_equal(
+          num_steps, tf.constant(steps_per_call, num_steps.dtype),
+          message='num_steps exceeds steps_per_call')
+      padding = [[0, steps_per_call - tf.shape(batches)[0]]] + [[0, 0]] * (
+          batches.shape.rank - 1)
+      batches = tf.ensure_shape(tf.pad(batches, padding),
+                                [steps_per_call, *batches.shape[1:]])
+    return run_steps(batches, first_step, tf.cast(num_steps, tf.int64))
 
   return train_steps
 

@@ -313,7 +313,8 @@ def _train(config: Config, workdir: str, model_fn: Optional[ModelFn],
                                jit_compile, trainable.guard, strategy,
                                trainable.divergence_guard),
       data.resident_images(run_data.train_images), config.batch_size,
-      config.seed, jit_compile and config.strategy == 'default')
+      config.seed, jit_compile and config.strategy == 'default',
+      config.steps_per_call)
   pictures = _pictures_fn(config, trainable.model, test)
   write_images = actions_lib.WriteImages(config.image_every, train_writer,
                                          pictures, chief)

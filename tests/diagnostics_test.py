@@ -11,6 +11,7 @@ import tensorflow_probability as tfp
 
 from elbo import diagnostics
 from elbo import models
+from elbo import summaries
 import conftest
 
 tfd = tfp.distributions
@@ -275,7 +276,7 @@ class TestDiagnosticsSummary:
     summary = {'active_units': 2, 'mutual_information': 1.5,
                'total_correlation': 0.25,
                'kl_per_dimension': np.array([0.1, 3.0, 0.0])}
-    writer = tf.summary.create_file_writer(str(tmp_path))
+    writer = summaries.SummaryWriter(str(tmp_path))
     diagnostics.write_summaries(writer, 7, summary)
     values = {}
     for path in glob.glob(str(tmp_path / 'events.out.*')):

@@ -21,7 +21,6 @@ import tensorflow as tf
 
 from elbo import config as config_lib
 from elbo import distribute
-from elbo import factory
 import conftest
 
 # Mechanics, not learning: the small generated files (conftest.data_dir).
@@ -34,7 +33,7 @@ _MIRRORED_VS_DEFAULT = textwrap.dedent('''
     cpu = tf.config.list_physical_devices('CPU')[0]
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from elbo import config as config_lib, data, train
+    from elbo import config as config_lib, data, factory, train
     images = data.load_images('mnist', 'test', sys.argv[1])
     # Many latent samples: the replicas draw other samples than one device.
     config = train.Config(model='iwae_mlp', batch_size=16, num_samples=200,

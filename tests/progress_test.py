@@ -87,16 +87,6 @@ def test_eta_format(seconds, text):
   assert progress.plain_line(1, 2, {}, eta_seconds=seconds).endswith(text)
 
 
-def _loop_reports_progress() -> bool:
-  """Whether the training loop reports through elbo.progress (the test
-  below is an expected failure until it does)."""
-  path = os.path.join(conftest.REPO_ROOT, 'elbo', 'train.py')
-  with open(path, encoding='utf-8') as f:
-    return 'progress.Progress(' in f.read()
-
-
-@pytest.mark.xfail(not _loop_reports_progress(),
-                   reason='progress not wired yet', strict=True)
 def test_a_redirected_training_log_has_plain_lines(tmp_path,
                                                    generated_data_dir):
   log = tmp_path / 'train.log'
