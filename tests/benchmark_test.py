@@ -1,15 +1,17 @@
-"""The benchmark's FLOP counts, trace summary and blog model, and a smoke run
+"""The benchmark's FLOP counts, trace summary and blog model, and smoke runs
 of the binary.
 
-The binary runs in --smoke mode (2 steps, 1 repeat) on a tiny batch, with
-our float32 and bfloat16 steps and the blog's `fit` (the XLA candidate only
-adds a compilation; its HLO FLOP count is tested on a small function here).
+The binary runs in --smoke mode (2 steps, 1 repeat): the blog's model on a
+tiny batch with our float32 and bfloat16 steps and the blog's `fit`; the
+IWAE MLP at batch 20 with our step, XLA, and the peers through a fake peers
+script written here (it echoes its arguments; no JAX or PyTorch needed).
 """
 
 import gzip
 import json
 import math
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -61,6 +63,25 @@ def test_training_flops_by_formula():
   assert counted['training_flops_per_image'] == _TRAINING_FLOPS_PER_IMAGE
   assert counted['training_flops_per_step'] == (_BATCH *
                                                 _TRAINING_FLOPS_PER_IMAGE)
+
+
+# The IWAE MLP's dense layers (in * out), encoder and decoder, and the
+# first layer, whose input gradient a training step does not compute.
+_MLP_ENCODER = 784 * 200 + 200 * 200 + 200 * 2 * 50
+_MLP_DECODER = 50 * 200 + 200 * 200 + 200 * 784
+_MLP_FIRST = 784 * 200
+
+
+@pytest.mark.parametrize('num_samples', [1, 5])
+def test_training_flops_of_the_mlp_run_the_decoder_k_times(num_samples):
+  model = factory.build_model(config_lib.Config(model='iwae_mlp'))
+  counted = flops.count_training_flops(model, batch_size=20,
+                                       num_samples=num_samples)
+  assert counted['num_samples'] == num_samples
+  assert counted['forward_flops_per_image'] == 2 * (
+      _MLP_ENCODER + num_samples * _MLP_DECODER)
+  assert counted['training_flops_per_step'] == 20 * 2 * (
+      3 * (_MLP_ENCODER + num_samples * _MLP_DECODER) - _MLP_FIRST)
 
 
 def test_hlo_flops_counts_convolutions_and_dots():
@@ -195,13 +216,83 @@ def test_smoke_run_writes_valid_json(tmp_path):
           1.15 * counted['training_flops_per_step'])
 
 
+# A peers script as the benchmark calls it (NAME --k K --steps N --spc S):
+# prints a decoy JSON line, then its arguments and a ms_per_step of 2.5
+# (jax) or 10 (torch) as the last JSON line, then a line that is not JSON.
+_FAKE_PEERS = """
+import json, sys
+name, _, k, _, steps, _, spc = sys.argv[1:]
+print(json.dumps({'ms_per_step': 1000.0, 'decoy': True}))
+print(json.dumps({'who': name, 'k': int(k), 'steps': int(steps),
+                  'spc': int(spc),
+                  'ms_per_step': {'jax': 2.5, 'torch': 10.0}[name]}))
+print('done')
+"""
+
+
+def _fake_peers(tmp_path) -> list:
+  script = tmp_path / 'peers.py'
+  script.write_text(_FAKE_PEERS)
+  return [f'--peers_python={sys.executable}', f'--peers_script={script}']
+
+
+def test_smoke_run_of_the_mlp_with_peers(tmp_path):
+  output = tmp_path / 'bench.json'
+  result = conftest.run_binary(
+      '--smoke', '--model=iwae_mlp', '--batch_size=20', '--objective=iwae',
+      '--num_samples=5', '--steps_per_call=3',
+      '--candidates=ours,ours_xla,jax,torch', *_fake_peers(tmp_path),
+      f'--workdir={tmp_path / "work"}', f'--output={output}',
+      binary='benchmark')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'ours_over_jax' in result.stdout
+
+  with open(output) as f:
+    results = json.load(f)
+  settings = results['settings']
+  assert (settings['model'], settings['objective'], settings['num_samples'],
+          settings['peer_num_samples']) == ('iwae_mlp', 'iwae', 5, 5)
+  assert settings['peers_script'] == 'peers.py'  # No local paths.
+  for name, ms in (('jax', 2.5), ('torch', 10.0)):
+    candidate = results['candidates'][name]
+    # The last JSON line, with k = num_samples, the smoke's 2 steps rounded
+    # up to whole calls of --steps_per_call.
+    assert candidate['peer_report'] == {'who': name, 'k': 5, 'steps': 3,
+                                        'spc': 3, 'ms_per_step': ms}
+    assert candidate['ms_per_step'] == ms
+    assert candidate['seconds_per_step'] == [ms / 1e3]
+    ours = results['candidates']['ours']['seconds_per_step'][0]
+    # A speed ratio: the peer's time over ours.
+    np.testing.assert_allclose(
+        results['ratios'][f'ours_over_{name}']['value'], ms / 1e3 / ours)
+  for candidate in results['candidates'].values():
+    assert _positive_finite(candidate['ms_per_step'])
+
+  counted = results['flops']
+  assert counted['training_flops_per_step'] == 20 * 2 * (
+      3 * (_MLP_ENCODER + 5 * _MLP_DECODER) - _MLP_FIRST)
+  # XLA's dots are the formula's matmuls exactly (measured: equal).
+  assert counted['xla_hlo_flops_per_step']['dot'] == (
+      counted['training_flops_per_step'])
+  # The graph profiler also counts the elementwise ops: 4.2% more
+  # measured at k = 5 (149.9 M / 143.8 M), 11% at k = 1.
+  assert (counted['training_flops_per_step'] <
+          counted['graph_profiler_flops_per_step'] <
+          1.15 * counted['training_flops_per_step'])
+
+
 def test_help_lists_the_binarys_flags():
   # absl prints the main module's flags, then exits with 1.
   result = conftest.run_binary('--help', binary='benchmark')
   assert 'experiments/benchmark.py:' in result.stdout, result.stderr[-3000:]
-  for flag in ('--candidates', '--data_dir', '--smoke', '--steps_per_call',
-               '--profile', '--output'):
+  for flag in ('--candidates', '--smoke', '--profile', '--output',
+               '--peers_python', '--peers_script', '--peer_steps'):
     assert flag in result.stdout, flag
+  # The training flags, as experiments/train.py takes them.
+  for flag in ('--model', '--objective', '--num_samples', '--precision',
+               '--batch_size', '--steps_per_call', '--jit_compile',
+               '--preset', '--data_dir', '--seed'):
+    assert flag in result.stdout + result.stderr, flag
 
 
 def test_unknown_candidate_is_a_one_line_error(tmp_path):
@@ -209,6 +300,43 @@ def test_unknown_candidate_is_a_one_line_error(tmp_path):
                                f'--workdir={tmp_path}', binary='benchmark')
   assert result.returncode != 0
   assert '--candidates must be' in result.stderr
+
+
+def _one_error(result) -> str:
+  """The one line of a refusal: no traceback, no usage text."""
+  assert result.returncode != 0
+  errors = [line for line in result.stderr.splitlines()
+            if line.startswith(('Error: ', 'Invalid flags: '))]
+  assert len(errors) == 1, result.stderr[-3000:]
+  assert 'Traceback' not in result.stderr
+  assert '--helpfull' not in result.stdout + result.stderr  # No usage.
+  return errors[0]
+
+
+@pytest.mark.parametrize('flags, expected', [
+    (['--model=iwae_mlp', '--batch_size=20', '--candidates=ours,jax'],
+     'set --peers_python'),
+    (['--model=iwae_mlp', '--batch_size=32', '--candidates=torch'],
+     'batch 20'),
+    (['--candidates=ours,jax'], '--model=iwae_mlp'),
+    (['--model=iwae_mlp', '--candidates=ours,blog_fit'],
+     'blog_fit: for --model=blog only'),
+])
+def test_candidates_that_cannot_run_are_refused(tmp_path, flags, expected):
+  result = conftest.run_binary('--smoke', *flags, f'--workdir={tmp_path}',
+                               binary='benchmark')
+  assert expected in _one_error(result)
+  assert not os.path.exists(tmp_path / 'benchmark.json')
+
+
+def test_a_failing_peer_is_a_one_line_error(tmp_path):
+  script = tmp_path / 'peers.py'
+  script.write_text('import sys\nsys.exit("no jax here")\n')
+  result = conftest.run_binary(
+      '--smoke', '--model=iwae_mlp', '--batch_size=20', '--candidates=jax',
+      f'--peers_python={sys.executable}', f'--peers_script={script}',
+      f'--workdir={tmp_path}', binary='benchmark')
+  assert 'peer jax failed (exit status 1): no jax here' in _one_error(result)
 
 
 def _no_directory(data_dir) -> str:
@@ -235,11 +363,6 @@ def test_bad_data_dir_is_a_one_line_error(tmp_path, make_data_dir):
   result = conftest.run_binary(
       '--smoke', '--candidates=ours', f'--data_dir={data_dir}',
       f'--workdir={tmp_path / "work"}', binary='benchmark')
-  assert result.returncode != 0
-  errors = [line for line in result.stderr.splitlines()
-            if line.startswith('Error: ')]
-  assert len(errors) == 1, result.stderr[-3000:]
-  assert str(data_dir) in errors[0] and expected in errors[0], errors[0]
-  assert 'Traceback' not in result.stderr
-  assert 'flags:' not in result.stdout + result.stderr  # No usage text.
+  error = _one_error(result)
+  assert str(data_dir) in error and expected in error, error
   assert not os.path.exists(tmp_path / 'work' / 'benchmark.json')
