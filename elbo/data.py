@@ -33,6 +33,8 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from elbo import streams
+
 __all__ = [
     'DATASETS',
     'DataError',
@@ -57,9 +59,6 @@ __all__ = [
 _MNIST_SHAPE = (28, 28)
 _IDX_IMAGES_MAGIC = 0x00000803
 _IDX_LABELS_MAGIC = 0x00000801
-# Test images are binarized once with this seed, whatever the run's seed, so
-# that evaluations of different runs compare.
-EVAL_BINARIZATION_SEED = (2019, 0)
 # TFDS retries a failed request 10 times with exponential backoff (0.2 s,
 # doubling): offline, its error comes after about 3.5 minutes, behind
 # urllib3's warnings. Without retries it comes at once, alone (the other
@@ -398,7 +397,7 @@ def steps_per_epoch(num_images: int, batch_size: int) -> int:
 def _epoch_seed(seed: int, epoch: tf.Tensor) -> tf.Tensor:
   # int32 epoch: the seeds of runs written before this code stay the same.
   return tf.random.experimental.stateless_fold_in(
-      tf.constant([seed, 0], tf.int64), tf.cast(epoch, tf.int32))
+      tf.constant([seed, streams.DATA], tf.int64), tf.cast(epoch, tf.int32))
 
 
 def epoch_order(num_images: int, seed: int, epoch: tf.Tensor) -> tf.Tensor:
@@ -509,7 +508,7 @@ def resident_images(images: np.ndarray) -> tf.Variable:
 
 
 def eval_batches(images: np.ndarray, batch_size: int,
-                 seed: Sequence[int] = EVAL_BINARIZATION_SEED
+                 seed: Sequence[int] = streams.EVAL_BINARIZATION_SEED
                  ) -> tf.data.Dataset:
   """All images, binarized once with a fixed seed, in order; the last batch
   may be smaller."""
