@@ -255,7 +255,7 @@ def make_ours(name: str, config: config_lib.Config,
   else:
     train_steps = step_lib.make_train_loop(
         step_fn, resident_images, config.batch_size, config.seed,
-        jit_compile and config.strategy == 'default')
+        jit_compile and config.strategy == 'default', steps_per_call)
     run_steps = lambda first, count: train_steps(
         tf.constant(first, tf.int64), tf.constant(count, tf.int64))
   step = 0
