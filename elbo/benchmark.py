@@ -649,17 +649,22 @@ def format_table(results: Dict) -> str:
   return '\n'.join(lines)
 
 
+def _giga_or_mega(count: float) -> str:
+  return f'{count / 1e9:.2f} G' if count >= 1e9 else f'{count / 1e6:.1f} M'
+
+
 def _flops_lines(flops: Dict) -> List[str]:
   lines = [f'Training FLOPs per step (formula, k = {flops["num_samples"]}): '
-           f'{flops["training_flops_per_step"] / 1e6:.1f} M '
-           f'({flops["training_flops_per_image"] / 1e6:.2f} M per image)']
+           f'{_giga_or_mega(flops["training_flops_per_step"])} '
+           f'({_giga_or_mega(flops["training_flops_per_image"])} per image)']
   if 'graph_profiler_flops_per_step' in flops:
-    lines.append('  TF graph profiler: '
-                 f'{flops["graph_profiler_flops_per_step"] / 1e6:.1f} M')
+    lines.append('  TF graph profiler: ' +
+                 _giga_or_mega(flops['graph_profiler_flops_per_step']))
   if 'xla_hlo_flops_per_step' in flops:
     hlo = flops['xla_hlo_flops_per_step']
     lines.append('  XLA optimized HLO (convolutions + dots as scheduled): '
-                 f'{hlo["total"] / 1e6:.1f} M in {hlo.get("convolutions", 0)} '
+                 f'{_giga_or_mega(hlo["total"])} in '
+                 f'{hlo.get("convolutions", 0)} '
                  f'convolutions and {hlo.get("dots", 0)} dots; library '
                  f'calls: {hlo["library_calls"] or "none"}')
   return lines
