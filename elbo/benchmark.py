@@ -50,7 +50,6 @@ import tf_keras
 from elbo import blog_tf_keras
 from elbo import config as config_lib
 from elbo import data
-from elbo import divergence
 from elbo import factory
 from elbo import flops as flops_lib
 from elbo import models
@@ -224,18 +223,15 @@ def candidate_config(name: str,
 
 def _training_step(config: config_lib.Config, num_images: int):
   """Model, step function and XLA choice, built as `elbo.train` builds
-  them."""
-  keras.utils.set_random_seed(config.seed)
-  model = factory.build_model(config)
-  optimizer, _ = factory.make_optimizer(
-      config, data.steps_per_epoch(num_images, config.batch_size),
-      model.trainable_variables)
-  jit_compile = step_lib.resolve_jit_compile(config.jit_compile, model)
+  them (`factory.build_trainable`)."""
+  trainable = factory.build_trainable(
+      config, data.steps_per_epoch(num_images, config.batch_size))
+  jit_compile = step_lib.resolve_jit_compile(config.jit_compile,
+                                             trainable.model)
   step_fn = step_lib.make_train_step(
-      model, optimizer, config, jit_compile, step_lib.NonFiniteGuard(),
-      divergence_guard=divergence.DivergenceGuard(
-          config.divergence_window, config.divergence_threshold))
-  return model, step_fn, jit_compile
+      trainable.model, trainable.optimizer, config, jit_compile,
+      trainable.guard, divergence_guard=trainable.divergence_guard)
+  return trainable.model, step_fn, jit_compile
 
 
 def make_ours(name: str, config: config_lib.Config,

@@ -1,5 +1,5 @@
 """What a run builds from its `Config`: the model, the optimizer and its
-learning rate.
+learning rate, and the guards of its step (`build_trainable`).
 
 The optimizer's rate is the config's rate or schedule times a factor that
 divergence recovery lowers for a while (`LearningRate`); Keras checkpoints a
@@ -8,15 +8,19 @@ restore, and a run resumed with another `--learning_rate` trains at the new
 one.
 """
 
+import dataclasses
 from typing import Optional, Tuple, Union
 
 import keras
 import tensorflow as tf
 
 from elbo import config as config_lib
+from elbo import divergence
 from elbo import models
+from elbo import step as step_lib
 
-__all__ = ['LearningRate', 'build_model', 'learning_rate', 'make_optimizer']
+__all__ = ['LearningRate', 'Trainable', 'build_model', 'build_trainable',
+           'learning_rate', 'make_optimizer']
 
 _Schedule = keras.optimizers.schedules.LearningRateSchedule
 
@@ -91,3 +95,39 @@ def make_optimizer(config: config_lib.Config, steps_per_epoch: int,
                                     epsilon=config.adam_epsilon)
   optimizer.build(variables)
   return optimizer, rate
+
+
+@dataclasses.dataclass
+class Trainable:
+  """What the compiled step updates and guards."""
+  model: models.Model
+  optimizer: keras.optimizers.Optimizer
+  learning_rate: LearningRate
+  guard: step_lib.NonFiniteGuard
+  divergence_guard: divergence.DivergenceGuard
+
+
+def build_trainable(config: config_lib.Config, steps_per_epoch: int,
+                    model_fn: Optional[models.ModelFn] = None,
+                    strategy: Optional[tf.distribute.Strategy] = None
+                    ) -> Trainable:
+  """The model (initialized from `config.seed`), its optimizer and the
+  step's two guards, under `strategy`'s scope: what a training run and the
+  benchmark build alike.
+
+  Raises:
+    ConfigError: the model lacks the interface of `elbo.models.Model`.
+  """
+  keras.utils.set_random_seed(config.seed)  # Weight initialization.
+  with (strategy or tf.distribute.get_strategy()).scope():
+    model = (model_fn or build_model)(config)
+    if not isinstance(model, models.Model):
+      raise config_lib.ConfigError(
+          f'The model ({type(model).__name__}) lacks one of '
+          'approx_posterior, decoder_likelihood, latent_prior '
+          '(elbo.models.Model).')
+    optimizer, rate = make_optimizer(config, steps_per_epoch,
+                                     model.trainable_variables)
+    return Trainable(model, optimizer, rate, step_lib.NonFiniteGuard(),
+                     divergence.DivergenceGuard(config.divergence_window,
+                                                config.divergence_threshold))

@@ -26,7 +26,6 @@ import os
 from typing import Collection, Dict, List, Optional, Sequence
 
 from absl import logging
-import keras
 import tensorflow as tf
 
 from elbo import actions as actions_lib
@@ -34,7 +33,6 @@ from elbo import checkpoints
 from elbo import config as config_lib
 from elbo import data
 from elbo import distribute
-from elbo import divergence
 from elbo import errors
 from elbo import factory
 from elbo import images
@@ -97,16 +95,6 @@ class _Data:
   total_steps: int
 
 
-@dataclasses.dataclass
-class _Trainable:
-  """What the compiled step updates and guards."""
-  model: models.Model
-  optimizer: keras.optimizers.Optimizer
-  learning_rate: factory.LearningRate
-  guard: step_lib.NonFiniteGuard
-  divergence_guard: divergence.DivergenceGuard
-
-
 def _load_data(config: Config, workdir: str,
                strategy: tf.distribute.Strategy) -> _Data:
   """The images, after the checks that need no workdir write."""
@@ -129,24 +117,6 @@ def _load_data(config: Config, workdir: str,
   if config.max_steps:
     total_steps = min(total_steps, config.max_steps)
   return _Data(train_images, test_images, steps_per_epoch, total_steps)
-
-
-def _build_trainable(config: Config, model_fn: Optional[ModelFn],
-                     strategy: tf.distribute.Strategy,
-                     steps_per_epoch: int) -> _Trainable:
-  keras.utils.set_random_seed(config.seed)  # Weight initialization.
-  with strategy.scope():
-    model = (model_fn or factory.build_model)(config)
-    if not isinstance(model, models.Model):
-      raise config_lib.ConfigError(
-          f'The model ({type(model).__name__}) lacks one of '
-          'approx_posterior, decoder_likelihood, latent_prior '
-          '(elbo.models.Model).')
-    optimizer, rate = factory.make_optimizer(config, steps_per_epoch,
-                                             model.trainable_variables)
-    return _Trainable(model, optimizer, rate, step_lib.NonFiniteGuard(),
-                      divergence.DivergenceGuard(config.divergence_window,
-                                                 config.divergence_threshold))
 
 
 def _test_evaluation(config: Config, model: models.Model, test_images,
@@ -177,7 +147,7 @@ def _pictures_fn(config: Config, model: models.Model,
 
 
 def _restore(config: Config, workdir: str, strategy: tf.distribute.Strategy,
-             steps_per_epoch: int, trainable: _Trainable,
+             steps_per_epoch: int, trainable: factory.Trainable,
              stateful: Sequence[loop.Action]) -> tf.train.CheckpointManager:
   """The checkpoint manager, after restoring the newest readable
   checkpoint. Every worker resumes from the chief's checkpoints; the others
@@ -278,7 +248,8 @@ def _train(config: Config, workdir: str, model_fn: Optional[ModelFn],
   """Builds, restores, trains and finishes; with the workdir held."""
   chief = distribute.is_chief(strategy)
   steps_per_epoch = run_data.steps_per_epoch
-  trainable = _build_trainable(config, model_fn, strategy, steps_per_epoch)
+  trainable = factory.build_trainable(config, steps_per_epoch, model_fn,
+                                      strategy)
   jit_compile = step_lib.resolve_jit_compile(config.jit_compile,
                                              trainable.model)
   writer = lambda name: summaries.SummaryWriter(
