@@ -50,6 +50,7 @@ from elbo import distribute
 from elbo import errors
 from elbo import eval_store
 from elbo import factory
+from elbo import faults
 from elbo import losses
 from elbo import models
 from elbo import run_record
@@ -566,7 +567,7 @@ def _compute(plan: _Plan, store: eval_store.EvalStore, run: _Restored,
   if not groups:
     logging.info('evaluation_k%d: nothing to compute on this worker.',
                  plan.k)
-  since_save = 0
+  since_save = saves = 0
   for group in groups:
     began = time.perf_counter()
     _compute_group(plan, group, terms_fn, run.binary, base_seed, local)
@@ -575,11 +576,11 @@ def _compute(plan: _Plan, store: eval_store.EvalStore, run: _Restored,
                  time.perf_counter() - began)
     since_save += images
     if since_save >= eval_config.save_every:
-      _save(plan, store, progress)
+      saves = _save(plan, store, progress, saves)
       since_save = 0
     progress.log(plan.own_values(), force=since_save == 0)  # After a save.
   if since_save:
-    _save(plan, store, progress)
+    _save(plan, store, progress, saves)
     progress.log(plan.own_values(), force=True)
 
 
@@ -602,15 +603,18 @@ def _compute_group(plan: _Plan, group: List[_Call], terms_fn,
     plan.known[call] = {n: values[n][index] for n in eval_store.PER_EXAMPLE}
 
 
-def _save(plan: _Plan, store: eval_store.EvalStore,
-          progress: _Progress) -> None:
-  """A single process's calls from image 0, or a worker's share."""
+def _save(plan: _Plan, store: eval_store.EvalStore, progress: _Progress,
+          saves: int) -> int:
+  """A single process's calls from image 0, or a worker's share; the
+  number of saves this process has made."""
   if plan.num_workers == 1:
     store.save_prefix(plan.known)
   else:
     store.save_share(plan.worker, plan.num_workers,
                      {c: plan.known[c] for c in plan.mine if c in plan.known},
                      progress.as_saved())
+  faults.kill_if(faults.KILL_AFTER_SAVES, saves + 1)
+  return saves + 1
 
 
 def _gather(plan: _Plan, store: eval_store.EvalStore,

@@ -14,19 +14,13 @@ one.
 """
 
 import dataclasses
-import os
-import signal
 from typing import Any, Callable, Dict, Optional, Sequence
 
 import tensorflow as tf
 
+from elbo import faults
+
 __all__ = ['Action', 'LoopState', 'run', 'steps_to_next_event']
-
-# Test-only fault point: with ELBO_TEST_KILL_AT_STEP=N the process kills
-# itself (SIGKILL) right after the call that ends at step N, before any
-# action at N, as a crash there would.
-_KILL_AT_STEP = 'ELBO_TEST_KILL_AT_STEP'
-
 
 class Action:
   """A periodic piece of a run. Subclasses set `every` (steps; the action
@@ -93,7 +87,7 @@ def run(state: LoopState,
     check_stop: after each call's actions; saves and raises on a signal.
   """
   intervals = sorted({every for action in actions for every in action.every})
-  kill_at = int(os.environ.get(_KILL_AT_STEP, -1))
+  kill_at = faults.point(faults.KILL_AT_STEP)
   while state.step < state.total_steps:
     step = state.step
     data_offset = recovery.apply_remedies(step)
@@ -103,8 +97,8 @@ def run(state: LoopState,
     outputs = train_steps(tf.constant(step, tf.int64),
                           tf.constant(num_steps, tf.int64), data_offset)
     if step + num_steps == kill_at:
-      outputs.numpy()
-      os.kill(os.getpid(), signal.SIGKILL)
+      outputs.numpy()  # The call has run.
+      faults.kill_if(faults.KILL_AT_STEP, kill_at)
     for action in actions:
       action.accumulate(outputs, step, num_steps)
     state.step = step = step + num_steps

@@ -11,10 +11,13 @@ import socket
 import struct
 import subprocess
 import sys
+from typing import Dict, Optional
 
 import numpy as np
 import pytest
 import tensorflow as tf
+
+from elbo import faults
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATASETS = os.path.join(os.path.dirname(REPO_ROOT), 'shared',
@@ -123,8 +126,8 @@ def binary_command(*flags: str, binary: str = 'train'):
   return [sys.executable, path, *flags], env
 
 
-# Runs a binary with the loop's test-only fault point
-# (ELBO_TEST_KILL_AT_STEP) sending another signal than SIGKILL: SIGSTOP
+# Runs a binary with the loop's test-only fault point (elbo.faults)
+# sending another signal than SIGKILL: SIGSTOP
 # stops the process there (holding its workdir) until SIGCONT, SIGTERM and
 # SIGINT stop it as a user would, each at a known step.
 _SIGNAL_AT_STEP = """
@@ -144,7 +147,7 @@ def signal_at_step_command(step: int, signum: signal.Signals, *flags: str,
   `signum` right after the training call that ends at `step` (before the
   actions due at it)."""
   argv, env = binary_command(*flags, binary=binary)
-  env['ELBO_TEST_KILL_AT_STEP'] = str(step)
+  env[faults.KILL_AT_STEP] = str(step)
   if signum == signal.SIGKILL:
     return argv, env
   return [argv[0], '-c', _SIGNAL_AT_STEP, signum.name, *argv[1:]], env
@@ -215,13 +218,17 @@ def cluster_env(env: dict, workers: list, index: int) -> dict:
       'task': {'type': 'worker', 'index': index}}))
 
 
-def start_workers(*flags: str, binary: str = 'train', count: int = 2
+def start_workers(*flags: str, binary: str = 'train', count: int = 2,
+                  extra_env: Optional[Dict[int, Dict[str, str]]] = None
                   ) -> list:
   """`count` processes of experiments/{binary}.py, the workers of one
-  cluster on localhost (worker 0 is the chief); stderr is piped."""
+  cluster on localhost (worker 0 is the chief); stderr is piped.
+  `extra_env` maps a worker's index to variables set for it alone."""
   workers = [f'127.0.0.1:{free_port()}' for _ in range(count)]
   argv, env = binary_command(*flags, binary=binary)
-  return [subprocess.Popen(argv, env=cluster_env(env, workers, index),
+  extra_env = extra_env or {}
+  return [subprocess.Popen(argv, env={**cluster_env(env, workers, index),
+                                      **extra_env.get(index, {})},
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                            text=True)
           for index in range(count)]

@@ -12,12 +12,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
 
 from elbo import evaluation
+from elbo import faults
 from elbo import train
 import conftest
 
@@ -93,12 +93,12 @@ def test_mirrored_matches_one_process(one_process, tmp_path):
   _assert_same(_per_image(workdir), reference)
 
 
-def _start_workers(workdir: str):
+def _start_workers(workdir: str, extra_env=None):
   """Two evaluate.py workers on localhost (worker 0 is the chief)."""
   return conftest.start_workers(
       '--workdir', workdir, '--strategy=multiworker',
       *[f'--{name}={value}' for name, value in _FLAGS.items()],
-      binary='evaluate')
+      binary='evaluate', extra_env=extra_env)
 
 
 def _finish(processes):
@@ -137,23 +137,20 @@ def test_a_killed_worker_resumes_its_share(one_process, tmp_path):
   workdir = conftest.copy_run(reference_dir, str(tmp_path / 'killed'),
                               kl=kl)
   share = os.path.join(workdir, 'evaluation_k100.worker1of2.partial.npz')
-  processes = _start_workers(workdir)
-  deadline = time.time() + 300
-  while not os.path.exists(share) and time.time() < deadline:
-    time.sleep(0.01)
-  processes[1].send_signal(signal.SIGKILL)
-  codes, (chief, _) = _finish(processes)
+  # Worker 1 dies hard right after its second save (one call each) of 5.
+  codes, (chief, _) = _finish(_start_workers(
+      workdir, {1: {faults.KILL_AFTER_SAVES: '2'}}))
   assert codes[1] == -signal.SIGKILL
   with np.load(share) as saved:
     saved_calls = len(saved['starts'])
-  assert 1 <= saved_calls < 5  # Of its 5 calls: killed mid-way.
+  assert saved_calls == 2
   # The chief did its share, then found worker 1 gone.
   assert codes[0] != 0 and 'Another worker stopped' in chief, chief[-3000:]
 
   codes, (chief, worker) = _finish(_start_workers(workdir))
   assert codes == [0, 0], (chief + worker)[-3000:]
   assert 'nothing to compute on this worker' in chief
-  assert f'{saved_calls} of 5 calls of this worker already done' in worker
+  assert '2 of 5 calls of this worker already done' in worker
   _assert_same(_per_image(workdir), reference)
 
   codes, outputs = _finish(_start_workers(workdir))  # After completion:
