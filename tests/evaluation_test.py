@@ -12,6 +12,7 @@ import tensorflow_probability as tfp
 
 from elbo import checkpoints
 from elbo import config as config_lib
+from elbo import diagnostics
 from elbo import evaluation
 from elbo import factory
 from elbo import train
@@ -216,7 +217,10 @@ def test_evaluate_binary_end_to_end(trained_workdir):
                 if tag == 'progress/images_done']
   # The latent diagnostics of the same 16 images: in the JSON and in eval/.
   latent = saved['latent']
-  assert 0 <= latent['active_units'] <= 16
+  # Active units: the dimensions whose posterior mean varies over the images.
+  assert latent['active_units'] == np.sum(
+      np.array(latent['posterior_mean_variance']) >
+      diagnostics.ACTIVE_UNIT_THRESHOLD)
   assert len(latent['kl_per_dimension']) == 16
   assert 0 <= latent['mutual_information'] <= np.log(16) + 1e-6
   assert {'latent/active_units', 'latent/mutual_information'} <= tags
