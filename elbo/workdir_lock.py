@@ -6,7 +6,9 @@ checkpoints and interleave their events. `hold(workdir)` takes
 ends. The kernel drops the lock when the process dies, however it dies
 (kill -9 included), so a dead run never blocks the next; the pid, host and
 start time written into the file are only there for the message of the run
-refused. The file itself stays (deleting it could let two runs lock two
+refused; at the end the file gets back the bytes it had before, so a run
+refused after locking (a config mismatch, say) changes no byte of the
+workdir. The file itself stays (deleting it could let two runs lock two
 different files of one name).
 
 Network filesystems. On NFS, Linux passes `flock` to the server as a lock
@@ -71,6 +73,10 @@ def _holder(fd: int) -> str:
     return 'another process (it has not written its pid yet)'
 
 
+def _read_all(fd: int) -> bytes:
+  return os.pread(fd, os.fstat(fd).st_size, 0)
+
+
 @contextlib.contextmanager
 def hold(workdir: str, chief: bool = True) -> Iterator[None]:
   """Inside the block no other process can hold `workdir`.
@@ -113,6 +119,7 @@ def hold(workdir: str, chief: bool = True) -> Iterator[None]:
                       path, e.strerror, workdir)
       locked = False
     if locked:
+      previous = _read_all(fd)
       started = datetime.datetime.now(datetime.timezone.utc)
       os.ftruncate(fd, 0)
       os.pwrite(fd, json.dumps({
@@ -123,8 +130,9 @@ def hold(workdir: str, chief: bool = True) -> Iterator[None]:
     try:
       yield
     finally:
-      if locked:
-        os.ftruncate(fd, 0)  # While still holding it: nobody is named.
+      if locked:  # While still holding it.
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, previous, 0)
   finally:
     os.close(fd)  # Releases the lock.
 

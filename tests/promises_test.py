@@ -176,6 +176,9 @@ def test_bad_input_to_an_existing_run_changes_no_byte_of_it(
   tree around the run (the workdir, its parent) byte-for-byte as before."""
   workdir = str(tmp_path / 'run')
   shutil.copytree(reference_run.workdir, workdir)
+  # As a run killed -9 leaves it: a lock file naming a dead holder.
+  with open(os.path.join(workdir, '.lock'), 'w') as f:
+    f.write('{"pid": 1, "host": "gone", "started": "2020-01-01"}\n')
   _bad_data_dir(tmp_path)
   before = conftest.file_tree(str(tmp_path))
   flags = [flag.format(tmp_path=tmp_path) for flag in flags]

@@ -65,10 +65,11 @@ def test_after_kill_9_of_the_holder_the_next_run_holds_it(holder):
   workdir, process = holder
   process.send_signal(signal.SIGKILL)
   assert process.wait() == -signal.SIGKILL
-  assert json.loads(_lock_file(workdir))['pid'] == process.pid  # Stale.
+  stale = _lock_file(workdir)
+  assert json.loads(stale)['pid'] == process.pid
   with workdir_lock.hold(workdir):
     assert json.loads(_lock_file(workdir))['pid'] == os.getpid()
-  assert _lock_file(workdir) == ''  # Released: nobody named.
+  assert _lock_file(workdir) == stale  # Released: the bytes it found.
 
 
 def test_one_process_twice_is_refused_then_free_after_the_block(tmp_path):
