@@ -57,6 +57,8 @@ LOCK_FILE = '.lock'
 LEASE_SECONDS = 300.
 _RENEW_SECONDS = 30.
 _SETTLE_SECONDS = 2.
+# The lease's clock (seconds since the epoch): tests set their own.
+_now = time.time
 
 
 class WorkdirLockError(RuntimeError):
@@ -151,7 +153,7 @@ def _write_lease(path: str, lease: dict, overwrite: bool) -> None:
   seem to exist)."""
   temporary = os.path.join(os.path.dirname(path), f'.tmp-{lease["token"]}')
   with tf.io.gfile.GFile(temporary, 'w') as f:
-    f.write(json.dumps({**lease, 'renewed': time.time()}) + '\n')
+    f.write(json.dumps({**lease, 'renewed': _now()}) + '\n')
   try:
     tf.io.gfile.rename(temporary, path, overwrite=overwrite)
   except tf.errors.AlreadyExistsError:
@@ -167,7 +169,7 @@ def _check_free(path: str, workdir: str) -> bool:
   if held is None:
     raise WorkdirLockError(f'{path} is not a lease this library wrote; '
                            f'delete it if no run uses {workdir}.')
-  age = time.time() - held.get('renewed', 0)
+  age = _now() - held.get('renewed', 0)
   if age < LEASE_SECONDS:
     raise WorkdirLockError(
         f'{workdir} is in use by pid {held.get("pid")} on host '

@@ -4,6 +4,7 @@ The holder across processes is a child Python that imports only the lock
 module (no TensorFlow), so each starts in a fraction of a second.
 """
 
+import itertools
 import json
 import os
 import signal
@@ -17,6 +18,8 @@ import tensorflow as tf
 
 from elbo import workdir_lock
 import conftest
+
+_NOW = 1.8e9  # The lease tests' clock: a fixed time since the epoch.
 
 _HOLD = """
 import sys, time
@@ -114,6 +117,7 @@ class TestLeaseOnNonLocalWorkdir:
   @pytest.fixture
   def workdir(self, monkeypatch, request):
     monkeypatch.setattr(workdir_lock, '_SETTLE_SECONDS', 0.)
+    monkeypatch.setattr(workdir_lock, '_now', lambda: _NOW)  # Stopped.
     return f'ram://lock-test/{request.node.name}'
 
   def _lease(self, workdir):
@@ -137,11 +141,11 @@ class TestLeaseOnNonLocalWorkdir:
     path = workdir + '/' + workdir_lock.LOCK_FILE
     tf.io.gfile.makedirs(workdir)
     dead = {'pid': 1, 'host': 'gone', 'started': 'then', 'token': 'x',
-            'renewed': time.time() - workdir_lock.LEASE_SECONDS + 60}
+            'renewed': _NOW - workdir_lock.LEASE_SECONDS + 60}
     with tf.io.gfile.GFile(path, 'w') as f:
       f.write(json.dumps(dead))
     with pytest.raises(workdir_lock.WorkdirLockError,
-                       match=r'pid 1 on host gone .* wait (59|60) s\.$'):
+                       match=r'pid 1 on host gone .* wait 60 s\.$'):
       with workdir_lock.hold(workdir):
         pass
     tf.io.gfile.remove(path)  # 'w' appends to a file on ram://.
@@ -151,11 +155,19 @@ class TestLeaseOnNonLocalWorkdir:
       assert self._lease(workdir)['pid'] == os.getpid()
 
   def test_the_lease_is_renewed_while_held(self, workdir, monkeypatch):
-    monkeypatch.setattr(workdir_lock, '_RENEW_SECONDS', 0.05)
+    """With no wait between renewals and a clock that ticks once a read,
+    the lease's time moves on while held; counted in reads, not seconds."""
+    ticks = itertools.count(_NOW)
+    monkeypatch.setattr(workdir_lock, '_now', lambda: next(ticks))
+    monkeypatch.setattr(workdir_lock, '_RENEW_SECONDS', 0.)
     with workdir_lock.hold(workdir):
       first = self._lease(workdir)['renewed']
-      time.sleep(0.3)
-      assert self._lease(workdir)['renewed'] > first
+      renewed = first
+      for _ in range(100_000):
+        renewed = self._lease(workdir)['renewed']
+        if renewed > first:
+          break
+      assert renewed > first
 
   def test_a_run_that_loses_the_race_stops(self, workdir, monkeypatch):
     path = workdir + '/' + workdir_lock.LOCK_FILE
@@ -164,7 +176,7 @@ class TestLeaseOnNonLocalWorkdir:
     def other_run_writes(seconds):  # Another run's lease lands meanwhile.
       tf.io.gfile.remove(path)
       with tf.io.gfile.GFile(path, 'w') as f:
-        f.write(json.dumps({'token': 'other', 'renewed': time.time()}))
+        f.write(json.dumps({'token': 'other', 'renewed': _NOW}))
       real_sleep(seconds)
 
     monkeypatch.setattr(workdir_lock.time, 'sleep', other_run_writes)
