@@ -221,17 +221,12 @@ def candidate_config(name: str,
   return config
 
 
-def _training_step(config: config_lib.Config, num_images: int):
-  """Model, step function and XLA choice, built as `elbo.train` builds
-  them (`factory.build_trainable`)."""
+def _trainable(config: config_lib.Config, num_images: int):
+  """The trainable and XLA choice, built as `elbo.train` builds them."""
   trainable = factory.build_trainable(
       config, data.steps_per_epoch(num_images, config.batch_size))
-  jit_compile = step_lib.resolve_jit_compile(config.jit_compile,
-                                             trainable.model)
-  step_fn = step_lib.make_train_step(
-      trainable.model, trainable.optimizer, config, jit_compile,
-      trainable.guard, divergence_guard=trainable.divergence_guard)
-  return trainable.model, step_fn, jit_compile
+  return trainable, step_lib.resolve_jit_compile(config.jit_compile,
+                                                 trainable.model)
 
 
 def make_ours(name: str, config: config_lib.Config,
@@ -239,8 +234,9 @@ def make_ours(name: str, config: config_lib.Config,
               batches: tf.Tensor) -> Candidate:
   """An `ours*` candidate; `resident_images` as `data.resident_images`."""
   config = candidate_config(name, config)
-  model, step_fn, jit_compile = _training_step(
-      config, resident_images.shape[0])
+  trainable, jit_compile = _trainable(config, resident_images.shape[0])
+  model = trainable.model
+  step_fn = trainable.train_step(config, jit_compile)
   steps_per_call = config.steps_per_call
   if name == 'ours_host_data':
     iterator = iter(_dataset(batches))
@@ -249,9 +245,8 @@ def make_ours(name: str, config: config_lib.Config,
         for s in range(first, first + count))
     steps_per_call = 1
   else:
-    train_steps = step_lib.make_train_loop(
-        step_fn, resident_images, config.batch_size, config.seed,
-        jit_compile and config.strategy == 'default', steps_per_call)
+    train_steps = factory.train_loop(config, step_fn, jit_compile,
+                                     resident_images)
     run_steps = lambda first, count: train_steps(
         tf.constant(first, tf.int64), tf.constant(count, tf.int64))
   step = 0

@@ -106,6 +106,13 @@ class Trainable:
   guard: step_lib.NonFiniteGuard
   divergence_guard: divergence.DivergenceGuard
 
+  def train_step(self, config: config_lib.Config, jit_compile: bool,
+                 strategy: Optional[tf.distribute.Strategy] = None):
+    """One guarded step (`elbo.step.make_train_step`)."""
+    return step_lib.make_train_step(self.model, self.optimizer, config,
+                                    jit_compile, self.guard, strategy,
+                                    self.divergence_guard)
+
 
 def build_trainable(config: config_lib.Config, steps_per_epoch: int,
                     model_fn: Optional[models.ModelFn] = None,
@@ -131,3 +138,15 @@ def build_trainable(config: config_lib.Config, steps_per_epoch: int,
     return Trainable(model, optimizer, rate, step_lib.NonFiniteGuard(),
                      divergence.DivergenceGuard(config.divergence_window,
                                                 config.divergence_threshold))
+
+
+def train_loop(config: config_lib.Config, train_step, jit_compile: bool,
+               images: tf.Variable):
+  """`train_steps(first_step, num_steps, data_offset)` of `train_step`
+  (`Trainable.train_step`) on batches made from the resident `images`
+  (`elbo.step.make_train_loop`). XLA compiles the whole loop of steps only
+  without a distribution strategy: under one, the step's all-reduces stay
+  outside XLA."""
+  return step_lib.make_train_loop(
+      train_step, images, config.batch_size, config.seed,
+      jit_compile and config.strategy == 'default', config.steps_per_call)

@@ -241,11 +241,26 @@ def train_and_evaluate(config: Config, workdir: str,
                   list(extra_actions), strategy, run_data)
 
 
-def _train(config: Config, workdir: str, model_fn: Optional[ModelFn],
+@dataclasses.dataclass
+class _Run:
+  """A restored run, ready for its loop."""
+  trainable: factory.Trainable
+  jit_compile: bool
+  state: loop.LoopState
+  test: actions_lib.TestEvaluation
+  log: actions_lib.LogScalars
+  epoch: actions_lib.EvaluateEpoch
+  manager: tf.train.CheckpointManager
+  history: run_record.RunHistory
+  writer: summaries.SummaryWriter  # train/
+
+
+def _build(config: Config, workdir: str, model_fn: Optional[ModelFn],
            allow_config_changes: Collection[str],
            extra_actions: List[loop.Action], strategy: tf.distribute.Strategy,
-           run_data: _Data) -> Dict[str, Dict[str, float]]:
-  """Builds, restores, trains and finishes; with the workdir held."""
+           run_data: _Data) -> _Run:
+  """Model, optimizer and the stateful actions, restored from the newest
+  checkpoint; this start recorded."""
   chief = distribute.is_chief(strategy)
   steps_per_epoch = run_data.steps_per_epoch
   trainable = factory.build_trainable(config, steps_per_epoch, model_fn,
@@ -271,44 +286,55 @@ def _train(config: Config, workdir: str, model_fn: Optional[ModelFn],
   history = run_record.start(workdir, config, state.step,
                              allow_config_changes, write=chief)
   tf.io.gfile.makedirs(distribute.worker_dir(workdir, strategy))
+  return _Run(trainable, jit_compile, state, test, log, epoch, manager,
+              history, train_writer)
+
+
+def _train(config: Config, workdir: str, model_fn: Optional[ModelFn],
+           allow_config_changes: Collection[str],
+           extra_actions: List[loop.Action], strategy: tf.distribute.Strategy,
+           run_data: _Data) -> Dict[str, Dict[str, float]]:
+  """Builds, restores, trains and finishes; with the workdir held."""
+  chief = distribute.is_chief(strategy)
+  run = _build(config, workdir, model_fn, allow_config_changes,
+               extra_actions, strategy, run_data)
+  trainable, state = run.trainable, run.state
   recovery = recovery_lib.Recovery(
-      config, workdir, manager, trainable.guard, trainable.divergence_guard,
-      trainable.learning_rate, trainable.optimizer, train_writer, chief)
+      config, workdir, run.manager, trainable.guard,
+      trainable.divergence_guard, trainable.learning_rate,
+      trainable.optimizer, run.writer, chief)
   recovery.apply_remedies(state.step, force=True)
   logging.info('XLA (jit_compile): %s; %d replicas (%s); %d steps per '
-               'epoch; step %d of %d.', jit_compile,
+               'epoch; step %d of %d.', run.jit_compile,
                strategy.num_replicas_in_sync, config.strategy,
-               steps_per_epoch, state.step, state.total_steps)
-  train_steps = step_lib.make_train_loop(
-      step_lib.make_train_step(trainable.model, trainable.optimizer, config,
-                               jit_compile, trainable.guard, strategy,
-                               trainable.divergence_guard),
-      data.resident_images(run_data.train_images), config.batch_size,
-      config.seed, jit_compile and config.strategy == 'default',
-      config.steps_per_call)
-  pictures = _pictures_fn(config, trainable.model, test)
-  write_images = actions_lib.WriteImages(config.image_every, train_writer,
+               run_data.steps_per_epoch, state.step, state.total_steps)
+  train_steps = factory.train_loop(
+      config, trainable.train_step(config, run.jit_compile, strategy),
+      run.jit_compile, data.resident_images(run_data.train_images))
+  pictures = _pictures_fn(config, trainable.model, run.test)
+  write_images = actions_lib.WriteImages(config.image_every, run.writer,
                                          pictures, chief)
-  save = actions_lib.SaveCheckpoint(config.checkpoint_every, steps_per_epoch,
-                                    manager, trainable.guard, history)
+  save = actions_lib.SaveCheckpoint(config.checkpoint_every,
+                                    run_data.steps_per_epoch, run.manager,
+                                    trainable.guard, run.history)
   if chief:
-    _write_run_summaries(config, workdir, train_writer, state.step)
+    _write_run_summaries(config, workdir, run.writer, state.step)
 
   def stop(signum):
     raise TrainingInterrupted(state.step, signum)
 
-  with interrupts.stop_on_signals(strategy, manager.directory,
+  with interrupts.stop_on_signals(strategy, run.manager.directory,
                                   lambda: save(state.step),
                                   stop) as check_stop:
     loop.run(state, train_steps,
-             [log, write_images, epoch, save, *extra_actions], recovery,
-             config.steps_per_call, check_stop)
+             [run.log, write_images, run.epoch, save, *extra_actions],
+             recovery, config.steps_per_call, check_stop)
   distribute.remove_worker_dir(workdir, strategy)
   if not chief:
-    return {'train': log.metrics, 'test': {}}
-  _finish(config, workdir, trainable.model, state.step, test, pictures(),
-          write_images, train_writer, history)
-  return {'train': log.metrics, 'test': test.metrics}
+    return {'train': run.log.metrics, 'test': {}}
+  _finish(config, workdir, trainable.model, state.step, run.test, pictures(),
+          write_images, run.writer, run.history)
+  return {'train': run.log.metrics, 'test': run.test.metrics}
 
 
 def _finish(config: Config, workdir: str, model: models.Model, step: int,
