@@ -206,7 +206,7 @@ class Config:
     if self.prior == 'mixture' and self.kl == 'analytic':
       raise ConfigError('The mixture prior has no closed-form KL; use '
                        'kl=mc with prior=mixture.')
-    if self.data_dir is not None and not os.path.isdir(self.data_dir):
+    if self.data_dir is not None and not tf.io.gfile.isdir(self.data_dir):
       raise ConfigError(f'data_dir {self.data_dir!r} is not a directory.')
 
 

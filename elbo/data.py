@@ -75,10 +75,10 @@ class DataError(ValueError):
 
 def _read_bytes(path: str) -> bytes:
   try:
-    with open(path, 'rb') as f:
+    with tf.io.gfile.GFile(path, 'rb') as f:
       raw = f.read()
     return gzip.decompress(raw) if path.endswith('.gz') else raw
-  except (OSError, EOFError, gzip.BadGzipFile) as e:
+  except (OSError, EOFError, gzip.BadGzipFile, tf.errors.OpError) as e:
     raise DataError(f'{path}: cannot read: {e}.') from e
 
 
@@ -371,7 +371,7 @@ def _find_local_file(data_dir: str, dataset: str, name: str) -> str:
                 for directory in (os.path.join(data_dir, dataset), data_dir)
                 for suffix in ('.gz', '')]
   for path in candidates:
-    if os.path.isfile(path):
+    if tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path):
       return path
   raise DataError(f'{os.path.join(data_dir, dataset, name)}[.gz]: file not '
                   f'found (also looked in {data_dir}).')

@@ -7,7 +7,6 @@ checkpoints, summaries and figures.
 """
 
 import os
-import shutil
 
 import tensorflow as tf
 
@@ -72,4 +71,6 @@ def worker_dir(workdir: str, strategy: tf.distribute.Strategy) -> str:
 
 def remove_worker_dir(workdir: str, strategy: tf.distribute.Strategy) -> None:
   if not is_chief(strategy):
-    shutil.rmtree(worker_dir(workdir, strategy), ignore_errors=True)
+    scratch = worker_dir(workdir, strategy)
+    if tf.io.gfile.exists(scratch):
+      tf.io.gfile.rmtree(scratch)

@@ -36,12 +36,13 @@ which `update_blocks` rewrites and `stale_blocks` checks. The outputs of
 `command` that made it added) give the `benchmarks` block.
 """
 
-import glob
 import json
 import os
 import re
 import statistics
 from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import tensorflow as tf
 
 __all__ = ['TABLES', 'benchmarks_table', 'command_for', 'load_benchmarks',
            'load_records', 'record_from_workdir',
@@ -72,21 +73,20 @@ _VERSIONS = ('elbo_version', 'python', 'tensorflow', 'tensorflow_probability',
 def load_records(directory: str) -> List[Dict[str, Any]]:
   """The records (`*.json`) in `directory`, sorted by name."""
   records = []
-  for path in sorted(glob.glob(os.path.join(directory, '*.json'))):
-    with open(path, encoding='utf-8') as f:
-      records.append(json.load(f))
+  for path in sorted(tf.io.gfile.glob(os.path.join(directory, '*.json'))):
+    records.append(_read_json(path))
   return records
 
 
 def _read_json(path: str) -> Any:
-  with open(path, encoding='utf-8') as f:
-    return json.load(f)
+  with tf.io.gfile.GFile(path) as f:
+    return json.loads(f.read())
 
 
 def _evaluations(workdir: str) -> List[Dict[str, Any]]:
   """The figures of every `evaluation_k*.json` in `workdir`."""
   evaluations = []
-  for path in sorted(glob.glob(os.path.join(workdir, 'evaluation_k*.json'))):
+  for path in sorted(tf.io.gfile.glob(os.path.join(workdir, 'evaluation_k*.json'))):
     result = _read_json(path)
     evaluations.append({
         'num_samples': result['num_samples'],
@@ -149,13 +149,13 @@ def record_from_workdir(path: str, name: Optional[str] = None,
     FileNotFoundError: `path` holds neither a run_history.json nor seed_*
       directories with one.
   """
-  if os.path.isfile(os.path.join(path, 'run_history.json')):
+  if tf.io.gfile.exists(os.path.join(path, 'run_history.json')):
     runs = [_run_from_workdir(path)]
     command = command_for(runs[0]['config'])
   else:
     workdirs = sorted(
         os.path.dirname(p) for p in
-        glob.glob(os.path.join(path, 'seed_*', 'run_history.json')))
+        tf.io.gfile.glob(os.path.join(path, 'seed_*', 'run_history.json')))
     if not workdirs:
       raise FileNotFoundError(f'{path}: no run_history.json, and no '
                               'seed_*/run_history.json of a sweep.')
@@ -321,7 +321,7 @@ def _commands(records: Sequence[Mapping[str, Any]]) -> str:
 def load_benchmarks(directory: str) -> List[Dict[str, Any]]:
   """The outputs of `experiments/benchmark.py` kept in `directory`
   (`*.json`, each with a `command` added), sorted by file name."""
-  return load_records(directory) if os.path.isdir(directory) else []
+  return load_records(directory) if tf.io.gfile.isdir(directory) else []
 
 
 def benchmarks_table(benchmarks: Sequence[Mapping[str, Any]]) -> str:

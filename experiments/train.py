@@ -24,12 +24,12 @@ given explicitly win), e.g. the README's long run:
   python experiments/train.py --workdir=/tmp/elbo/long --preset=long150
 """
 
-import os
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
+import tensorflow as tf
 
 from elbo import config as config_lib
 from elbo import flag_utils
@@ -50,7 +50,8 @@ flag_utils.define_dataclass_flags(config_lib.Config, config_lib.CHOICES)
 flag_utils.define_preset_flag(config_lib.PRESETS)
 flags.adopt_module_key_flags(flag_utils)  # --help lists them.
 flags.register_validator(
-    'workdir', lambda path: not os.path.exists(path) or os.path.isdir(path),
+    'workdir',
+    lambda path: not tf.io.gfile.exists(path) or tf.io.gfile.isdir(path),
     message='--workdir exists and is not a directory.')
 
 

@@ -1,5 +1,5 @@
 """A run whose workdir is on TensorFlow's in-memory filesystem (`ram://`,
-which stands in for `gs://`): trained, resumed, evaluated and exported with
+which stands in for `gs://`): trained, resumed, evaluated, exported and reported with
 every workdir read and write going through `tf.io.gfile`."""
 
 import dataclasses
@@ -12,6 +12,7 @@ import tensorflow as tf
 from elbo import config as config_lib
 from elbo import evaluation
 from elbo import export
+from elbo import results
 from elbo import train
 from elbo import workdir_lock
 
@@ -64,6 +65,13 @@ def test_the_run_files_are_on_ram(runs):
   history = tf.io.gfile.GFile(os.path.join(ram, 'run_history.json')).read()
   assert '"start_step": 4' in history  # The second start resumed.
   assert tf.io.gfile.glob(os.path.join(ram, 'train', 'events.out.*'))
+
+
+def test_the_results_record_of_a_ram_run_is_the_local_runs(runs):
+  ram_run, local_run = (results.record_from_workdir(w)['runs'][0]
+                        for w in runs)
+  assert ram_run['last_step'] == 6 and ram_run['starts'] == 2
+  assert ram_run['test'] == local_run['test']
 
 
 def test_evaluation_on_ram_is_the_local_evaluation(runs):
