@@ -45,8 +45,14 @@ def encode(model, x: tf.Tensor):
 
 
 def decode(model, z: tf.Tensor):
-  """The Bernoulli logits of p(x | z)."""
-  return {'logits': model.decoder_likelihood(z).distribution.logits_parameter()}
+  """The Bernoulli logits of p(x | z), in its batch and event shape."""
+  likelihood = model.decoder_likelihood(z)
+  pixels = likelihood
+  while not isinstance(pixels, tfp.distributions.Bernoulli):
+    pixels = pixels.distribution  # Through Independent, a reshape.
+  shape = tf.concat([likelihood.batch_shape_tensor(),
+                     likelihood.event_shape_tensor()], axis=0)
+  return {'logits': tf.reshape(pixels.logits_parameter(), shape)}
 
 
 def sample(model, n: tf.Tensor, seed: tf.Tensor):

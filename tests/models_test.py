@@ -1,9 +1,11 @@
 """Tests that elbo.models is the blog's architecture."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from elbo import export
 from elbo import losses
 from elbo import models
 
@@ -38,21 +40,30 @@ def test_posterior_is_a_full_covariance_gaussian():
   assert np.any(np.tril(tril, k=-1) != 0)
 
 
-def test_decoder_likelihood_shapes_for_sampled_latents():
-  model = models.VAE()
-  z = tf.random.stateless_normal([3, 5, 16], (3, 4))  # [samples, batch, D]
+@pytest.mark.parametrize('model_class', [models.VAE, models.IWAEMLP])
+def test_decoder_likelihood_shapes_for_sampled_latents(model_class):
+  """The conv decoder's pixels are scored as an image, the dense one's flat
+  then reshaped: the same shapes and values either way."""
+  model = model_class()
+  z = tf.random.stateless_normal([3, 5, model.latent_dim], (3, 4))
   p = model.decoder_likelihood(z)
   assert p.batch_shape == (3, 5)
   assert p.event_shape == (28, 28, 1)
   sample = p.sample(seed=(5, 6)).numpy()
   assert sample.shape == (3, 5, 28, 28, 1)
   assert set(np.unique(sample)) <= {0., 1.}
-  log_prob = p.log_prob(tf.zeros([5, 28, 28, 1])).numpy()
+  images = tf.cast(tf.random.stateless_uniform([5, 28, 28, 1], (7, 8)) > 0.5,
+                   tf.float32)
+  log_prob = p.log_prob(images).numpy()
   assert log_prob.shape == (3, 5)
-  # Independent Bernoulli pixels: log p(all zero) = -sum softplus(logits).
-  logits = p.distribution.logits.numpy().astype(np.float64)
+  # Independent Bernoulli pixels: log p(x) = sum x * l - softplus(l).
+  logits = export.decode(model, z)['logits'].numpy().astype(np.float64)
+  assert logits.shape == (3, 5, 28, 28, 1)
+  x = images.numpy().astype(np.float64)
   np.testing.assert_allclose(
-      log_prob, -np.logaddexp(0., logits).sum(axis=(2, 3, 4)), rtol=1e-5)
+      log_prob, (x * logits - np.logaddexp(0., logits)).sum(axis=(2, 3, 4)),
+      rtol=1e-5)
+  np.testing.assert_allclose(p.mean(), 1 / (1 + np.exp(-logits)), rtol=1e-5)
 
 
 def test_prior_is_standard_normal():
