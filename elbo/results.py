@@ -235,7 +235,8 @@ def _row(record: Mapping[str, Any]) -> List[str]:
   evaluations = [e for run in record['runs'] if len(record['runs']) == 1
                  for e in run.get('evaluations') or ()]
   cells.append('; '.join(_evaluation_cell(e) for e in evaluations))
-  walls = [run.get('wall_time') for run in runs]
+  # Finished or not (a run in progress has no final test terms yet).
+  walls = [run.get('wall_time') for run in record['runs']]
   cells.append(_wall(statistics.mean(walls)) if all(walls) else '')
   cells.append(_code(record['runs']) + (
       ' (transcribed)' if record['source'] == 'transcribed' else ''))

@@ -108,6 +108,16 @@ def test_one_run_shows_its_evaluations_with_standard_errors():
       'abcdef0 |\n')
 
 
+def test_a_run_in_progress_shows_its_evaluation_and_no_final_terms():
+  evaluation = {'num_samples': 5000, 'num_examples': 10000, 'neg_elbo': 91.1,
+                'neg_elbo_se': 0.25, 'nll': 86.97, 'nll_se': 0.23}
+  record = _record(90., evaluations=[evaluation])
+  record['runs'][0]['test'] = None  # Not finished: no final evaluation.
+  row = results.table([record], 'blog').splitlines()[-1]
+  assert row == ('| a row | 0 |  |  |  | -log p(x) 86.97 ± 0.23, -ELBO 91.10 '
+                 '± 0.25 (k = 5000, all 10,000) | 1 min | abcdef0 |')
+
+
 def test_benchmark_outputs_become_tables():
   output = {'command': 'python experiments/benchmark.py --smoke',
             'machine': {'cpu': 'CPU X'}, 'settings': {'batch_size': 20},
