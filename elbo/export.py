@@ -16,6 +16,7 @@ model's `approx_posterior`, `decoder_likelihood` and `latent_prior` are used.
 """
 
 import math
+from typing import Optional
 
 import tensorflow as tf
 import tensorflow_probability as tfp
@@ -25,8 +26,8 @@ from elbo import streams
 
 tfd = tfp.distributions
 
-__all__ = ['ExportError', 'decode', 'encode', 'export', 'log_prob_bound',
-           'sample']
+__all__ = ['ExportError', 'bernoulli_pixels', 'decode', 'encode', 'export',
+           'log_prob_bound', 'sample']
 
 
 class ExportError(ValueError):
@@ -44,15 +45,26 @@ def encode(model, x: tf.Tensor):
   return {'loc': posterior.mean(), 'scale_tril': posterior.scale.to_dense()}
 
 
+def bernoulli_pixels(likelihood: tfd.Distribution) -> Optional[tfd.Bernoulli]:
+  """The Bernoulli of p(x | z): itself, or under `tfd.Independent` and
+  `tfb.Reshape` (as `elbo.models` scores a dense decoder's flat pixels);
+  None for any other likelihood."""
+  while isinstance(likelihood, (tfd.Independent,
+                                tfd.TransformedDistribution)):
+    if (isinstance(likelihood, tfd.TransformedDistribution) and
+        not isinstance(likelihood.bijector, tfp.bijectors.Reshape)):
+      return None
+    likelihood = likelihood.distribution
+  return likelihood if isinstance(likelihood, tfd.Bernoulli) else None
+
+
 def decode(model, z: tf.Tensor):
   """The Bernoulli logits of p(x | z), in its batch and event shape."""
   likelihood = model.decoder_likelihood(z)
-  pixels = likelihood
-  while not isinstance(pixels, tfp.distributions.Bernoulli):
-    pixels = pixels.distribution  # Through Independent, a reshape.
   shape = tf.concat([likelihood.batch_shape_tensor(),
                      likelihood.event_shape_tensor()], axis=0)
-  return {'logits': tf.reshape(pixels.logits_parameter(), shape)}
+  logits = bernoulli_pixels(likelihood).logits_parameter()
+  return {'logits': tf.reshape(logits, shape)}
 
 
 def sample(model, n: tf.Tensor, seed: tf.Tensor):
@@ -113,11 +125,10 @@ def export(model, export_dir: str) -> None:
   """
   latent_dim = model.latent_prior().event_shape[-1]
   likelihood = model.decoder_likelihood(tf.zeros([1, latent_dim]))
-  if not (isinstance(likelihood, tfd.Independent) and
-          isinstance(likelihood.distribution, tfd.Bernoulli)):
+  if bernoulli_pixels(likelihood) is None:
     raise ExportError('decode(z) -> logits needs a Bernoulli decoder '
-                      '(tfd.Independent(tfd.Bernoulli)), got '
-                      f'{type(likelihood).__name__}.')
+                      '(tfd.Bernoulli, under tfd.Independent or tfb.Reshape), '
+                      f'got {type(likelihood).__name__}.')
   image_shape = likelihood.event_shape.as_list()
   posterior = model.approx_posterior(tf.zeros([1, *image_shape]))
   if not isinstance(posterior, tfd.MultivariateNormalLinearOperator):

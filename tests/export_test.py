@@ -15,6 +15,7 @@ from elbo import config as config_lib
 from elbo import evaluation
 from elbo import export
 from elbo import losses
+from elbo import models
 import conftest
 
 tfd = tfp.distributions
@@ -117,6 +118,19 @@ def test_non_bernoulli_decoder_is_an_export_error(tmp_path):
   with pytest.raises(export.ExportError, match='needs a Bernoulli decoder'):
     export.export(_GaussianDecoder(), str(tmp_path / 'out'))
   assert not os.path.exists(tmp_path / 'out')
+
+
+def test_bernoulli_pixels_are_found_under_independent_and_reshape():
+  z = tf.zeros([2, 50])
+  flat = models.IWAEMLP().decoder_likelihood(z)  # Reshaped flat pixels.
+  image = models.VAE().decoder_likelihood(tf.zeros([2, 16]))
+  for likelihood in (flat, image):
+    assert isinstance(export.bernoulli_pixels(likelihood), tfd.Bernoulli)
+  shifted = tfd.TransformedDistribution(
+      tfd.Bernoulli(logits=z, dtype=tf.float32), tfp.bijectors.Shift(1.))
+  assert export.bernoulli_pixels(shifted) is None
+  gaussian = _GaussianDecoder().decoder_likelihood(z)
+  assert export.bernoulli_pixels(gaussian) is None
 
 
 def test_missing_run_is_a_one_line_error(tmp_path):
