@@ -98,7 +98,7 @@ def run(state: LoopState,
                           tf.constant(num_steps, tf.int64), data_offset)
     if step + num_steps == kill_at:
       outputs.numpy()  # The call has run.
-      faults.kill_if(faults.KILL_AT_STEP, kill_at)
+      faults.die()
     for action in actions:
       action.accumulate(outputs, step, num_steps)
     state.step = step = step + num_steps

@@ -86,7 +86,8 @@ def _read_json(path: str) -> Any:
 def _evaluations(workdir: str) -> List[Dict[str, Any]]:
   """The figures of every `evaluation_k*.json` in `workdir`."""
   evaluations = []
-  for path in sorted(tf.io.gfile.glob(os.path.join(workdir, 'evaluation_k*.json'))):
+  pattern = os.path.join(workdir, 'evaluation_k*.json')
+  for path in sorted(tf.io.gfile.glob(pattern)):
     result = _read_json(path)
     evaluations.append({
         'num_samples': result['num_samples'],
