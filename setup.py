@@ -36,8 +36,9 @@ setuptools.setup(
     extras_require={
         # nbmake runs docs/tutorial.ipynb under pytest (with nbclient and
         # ipykernel); papermill runs it with other parameters (.ci/run);
-        # pdoc builds the API reference (docs/build_api.py).
-        'test': ['pytest>=8', 'nbmake==1.5.5', 'papermill>=2.6',
-                 'pdoc>=15'],
+        # pdoc builds the API reference (docs/build_api.py); pytest-xdist
+        # runs the suite's files on the CPU's cores (pytest.ini).
+        'test': ['pytest>=8', 'pytest-xdist>=3.5', 'nbmake==1.5.5',
+                 'papermill>=2.6', 'pdoc>=15'],
     },
 )

@@ -33,9 +33,13 @@ def _flags(workdir, data_dir, *extra, model='iwae_mlp', batch_size=32):
           f'--max_steps={_STEPS}', *extra]
 
 
-def _run_until(step, signum, *flags):
-  """Runs the binary to `step`, where it sends itself `signum`."""
+def _run_until(step, signum, *flags, threads=None):
+  """Runs the binary to `step`, where it sends itself `signum`; with
+  `threads`, TensorFlow's op thread pools have that many threads."""
   argv, env = conftest.signal_at_step_command(step, signum, *flags)
+  if threads:
+    env.update(TF_NUM_INTRAOP_THREADS=str(threads),
+               TF_NUM_INTEROP_THREADS=str(threads))
   return subprocess.run(argv, env=env, capture_output=True, text=True,
                         timeout=600)
 
@@ -136,7 +140,7 @@ def test_the_blogs_model_resumes_bit_for_bit_after_kill9(real_data_dir,
   whole, split = tmp_path / 'whole', tmp_path / 'split'
   for workdir, stops in ((whole, [7]), (split, [5, 7])):
     for step in stops:
-      result = _run_until(step, signal.SIGKILL, *flags(workdir))
+      result = _run_until(step, signal.SIGKILL, *flags(workdir), threads=1)
       assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
   assert 'Restored' in result.stderr and 'ckpt-4' in result.stderr
   conftest.assert_same_tensors(

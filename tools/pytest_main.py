@@ -96,7 +96,8 @@ class StartsBinaryOnly:
 
 if __name__ == '__main__':
   # No .pytest_cache in the runfiles tree.
-  args = ['-p', 'no:cacheprovider', *sys.argv[1:]]
+  # -n 0: Bazel already runs the targets in parallel (pytest.ini's -n).
+  args = ['-p', 'no:cacheprovider', '-n', '0', *sys.argv[1:]]
   if os.environ.get('TEST_TMPDIR'):  # Bazel cleans it up after the test.
     args.append('--basetemp=' + os.path.join(os.environ['TEST_TMPDIR'],
                                               'pytest'))
