@@ -85,6 +85,10 @@ _BLOG_ONLY = ('ours_bf16', 'blog_fit')
 _PRECISION = dict({name: 'fp32' for name in CANDIDATES}, ours_bf16='bf16')
 _REFERENCES = ('matmul_fp32', 'matmul_bf16')
 _MATMULS_PER_REPEAT = 5
+# A training candidate's time per repeat: its best of this many runs of the
+# steps, as the peers' script reports its own (so that the ratio compares
+# like with like on a machine whose speed moves).
+_RUNS_PER_REPEAT = 3
 # (name, numerator, denominator): speed ratios, > 1 when the numerator is
 # faster.
 _RATIOS = (('xla_over_no_xla', 'ours_xla', 'ours'),
@@ -103,7 +107,8 @@ _NOTE = ('Absolute rates depend on what else runs on the machine (compare '
          'load_average); the candidates were interleaved round-robin, so '
          'their ratios are the comparable numbers. A peer\'s time per repeat '
          'is its script\'s own figure (after its own warm-up; the provided '
-         'script reports its best of 3 runs), ours is one run of the steps.')
+         'script reports its best of 3 runs); an in-process candidate\'s is '
+         f'its best of {_RUNS_PER_REPEAT} runs of the steps.')
 
 
 class BenchmarkError(ValueError):
@@ -443,7 +448,9 @@ def _time_round_robin(timed: Dict[str, Candidate], order: List[str],
   seconds = {name: [] for name in order}
   for repeat in range(settings.repeats):
     for name in _rotated(order, repeat):
-      seconds[name].append(timed[name].run(steps[name]))
+      runs = 1 if name in PEERS or name in _REFERENCES else _RUNS_PER_REPEAT
+      seconds[name].append(min(timed[name].run(steps[name])
+                               for _ in range(runs)))
     logging.info('Repeat %d/%d: %s', repeat + 1, settings.repeats, ', '.join(
         f'{n} {1e3 * seconds[n][-1]:.2f} ms' for n in order))
   return seconds
