@@ -29,7 +29,6 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
-import tensorflow as tf
 
 from elbo import config as config_lib
 from elbo import flag_utils
@@ -49,10 +48,6 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_list(
 flag_utils.define_dataclass_flags(config_lib.Config, config_lib.CHOICES)
 flag_utils.define_preset_flag(config_lib.PRESETS)
 flags.adopt_module_key_flags(flag_utils)  # --help lists them.
-flags.register_validator(
-    'workdir',
-    lambda path: not tf.io.gfile.exists(path) or tf.io.gfile.isdir(path),
-    message='--workdir exists and is not a directory.')
 
 
 def main(argv):

@@ -199,5 +199,7 @@ def test_a_workdir_that_is_a_file_is_refused_and_kept(data_dir, tmp_path):
   path.write_bytes(b'not a run')
   result = conftest.run_binary(*_flags(path, data_dir))
   assert result.returncode not in (0, 75)
-  assert 'workdir exists and is not a directory' in result.stderr
+  assert f"Error: workdir '{path}' exists and is not a directory." in (
+      result.stderr)
+  assert len(_error_lines(result.stderr)) <= 1
   assert conftest.file_tree(str(tmp_path)) == {'run': b'not a run'}
