@@ -134,7 +134,8 @@ def _norm_by_matvec(tensors: Sequence[tf.Tensor]) -> tf.Tensor:
   times a vector of ones. XLA:CPU rewrites a long sum into a stored square
   and a windowed sum, which took a quarter of the IWAE MLP's step; a
   matrix-vector product sums the rows with the vectorized matmul kernels
-  (the step 1.4x faster, the norm as exact: see docs/performance.md)."""
+  (the step 1.4x faster; the norm rounds as a matmul sums its inputs, a
+  row in one sequence: see docs/performance.md)."""
   sums = []
   for tensor in tensors:
     rows = tf.reshape(tensor, [-1, tensor.shape[-1] if tensor.shape.rank
